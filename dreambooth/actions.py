@@ -1,0 +1,156 @@
+"""The operations every interface offers (CLI, tab, REST): one place, one behaviour.
+
+Each takes a model name, checks it, and raises DreamboothError with a readable message on bad input.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from . import host
+from .config import TrainConfig, load_config, save_config
+from .errors import DreamboothError
+from .fsutil import atomic_dir, atomic_write_json
+from .store import ModelDir, list_models, model_dir
+
+EMBEDDED_CHECKPOINT = "dreambooth-tiny-demo.safetensors"
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+
+__all__ = ["create_model", "load_params", "save_params", "train_model", "generate_ckpt", "generate_samples",
+           "list_models", "list_source_checkpoints", "ensure_embedded_source", "demo_instance_dir"]
+
+
+def resolve_source(source: str | Path) -> Path:
+    """A path, or the name of a file in the checkpoint folder (what the tab's dropdown offers)."""
+    text = str(source or "").strip()
+    if not text:
+        raise DreamboothError("source checkpoint is empty: choose a .safetensors/.ckpt file or a diffusers folder",
+                              field="source")
+    path = Path(text).expanduser()
+    if not path.exists() and not path.is_absolute() and (host.checkpoint_dir() / text).exists():
+        path = host.checkpoint_dir() / text
+    if not path.exists():
+        raise DreamboothError(f"source checkpoint '{text}' does not exist", field="source")
+    return path.resolve()
+
+
+def create_model(name: str, source: str | Path, progress: Callable[[str], None] = print) -> ModelDir:
+    """Extract `source` into models/dreambooth/<name>/working with a fresh db_config.json (all or nothing)."""
+    from .convert.create import create_working
+
+    model = model_dir(name)
+    if model.path.exists():
+        raise DreamboothError(f"a model named '{model.name}' already exists: choose another name", field="model_name")
+    path = resolve_source(source)
+    with atomic_dir(model.path) as tmp:
+        info = create_working(path, tmp / "working", progress=progress)
+        cfg = TrainConfig({"model_name": model.name, "src": str(path),
+                           "model_type": info.get("model_type", "v1x")})
+        save_config(cfg, tmp / "db_config.json")
+    progress(f"created model '{model.name}' from {path.name} in {model.path}")
+    return model
+
+
+def load_params(name: str) -> tuple[TrainConfig, list[str]]:
+    model = model_dir(name).require()
+    return load_config(model.config_file)
+
+
+def save_params(name: str, cfg: TrainConfig) -> Path:
+    model = model_dir(name).require()
+    cfg.model_name = model.name
+    save_config(cfg, model.config_file)
+    return model.config_file
+
+
+def _backup_params(model: ModelDir, cfg: TrainConfig) -> None:
+    atomic_write_json(model.backups / f"db_config_{cfg.revision}.json", cfg.to_dict())
+
+
+def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume: bool = False):
+    """Train with `cfg` (default: the saved params), saving those params first so the run is reproducible."""
+    from .data.dataset import check_concepts
+    from .train.loop import train_model as run_training
+
+    model = model_dir(name).require()
+    if cfg is None:
+        cfg, _ = load_config(model.config_file)
+    check_concepts(cfg.concepts())  # bad folders fail before anything is written
+    cfg.model_name = model.name
+    save_config(cfg, model.config_file)
+    _backup_params(model, cfg)
+    return run_training(model, cfg, control, resume)
+
+
+def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = None) -> Path:
+    from .ckpt import generate_ckpt as export
+
+    model = model_dir(name).require()
+    cfg, _ = load_config(model.config_file)
+    return export(model, cfg, half, subdir)
+
+
+def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) -> list[Path]:
+    """Previews from the saved working weights, outside training."""
+    from .convert.diffusers_io import load_components
+    from .data.dataset import collect_items
+    from .sample import build_pipeline, generate_samples as render, sample_requests
+
+    model = model_dir(name).require()
+    if cfg is None:
+        cfg, _ = load_config(model.config_file)
+    log = control.log if control is not None else print
+    concepts = cfg.concepts()
+    first_captions = {}
+    for item, _ in collect_items(concepts, lambda message: log(f"warning: {message}")):
+        first_captions.setdefault(item.concept, item.caption)
+    requests = sample_requests(concepts, first_captions)
+    if not requests:
+        raise DreamboothError("no samples requested: set n_save_sample to 1 or more", field="n_save_sample")
+    unet, vae, text_encoder, tokenizer, scheduler_config = load_components(model.working)
+    pipeline = build_pipeline(unet, vae, text_encoder, tokenizer, dict(scheduler_config))
+    written = render(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", "cpu")
+    log(f"saved {len(written)} sample(s) in {model.samples}")
+    return written
+
+
+def list_source_checkpoints() -> list[Path]:
+    lister = getattr(host, "list_source_checkpoints", None)
+    if lister is not None:
+        return lister()
+    folder = host.checkpoint_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
+
+
+def ensure_embedded_source() -> Path:
+    """Standalone newcomers get the embedded tiny checkpoint as a source when they have none."""
+    from .tiny import write_tiny_checkpoint
+
+    path = host.checkpoint_dir() / EMBEDDED_CHECKPOINT
+    if not path.exists():
+        write_tiny_checkpoint(path)
+    return path
+
+
+def demo_instance_dir() -> Path:
+    """The generated demo instance images (written once under the models root)."""
+    from .tiny import write_demo_images
+
+    folder = host.models_root() / "dreambooth_demo_images"
+    if not folder.is_dir() or not any(folder.glob("*.png")):
+        write_demo_images(folder)
+    return folder
+
+
+def remove_model(name: str) -> None:
+    model = model_dir(name)
+    if model.path.exists():
+        shutil.rmtree(model.path)
+
+
+def describe(cfg: TrainConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2)

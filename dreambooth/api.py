@@ -1,0 +1,186 @@
+"""REST routes under /dreambooth/ on a FastAPI app (the WebUI's, or the standalone server's).
+
+Bad input answers 4xx with {"error": message, "field": name}; a running job answers 409. When the host
+has API auth (A1111 `--api-auth user:pass[,user:pass]`), the routes require the same HTTP Basic login.
+Works with fastapi 0.94 / pydantic 1 (A1111) and current fastapi / pydantic 2: bodies are read as plain JSON.
+(No `from __future__ import annotations` here: FastAPI must see the real Request/Depends annotations.)
+"""
+import secrets
+from typing import Callable
+
+from .errors import DreamboothError
+
+PREFIX = "/dreambooth"
+
+
+def _status_code(error: DreamboothError) -> int:
+    if error.field == "job":
+        return 409
+    if error.field in ("model_name", "source") and "does not exist" in str(error):
+        return 404
+    return 400
+
+
+def _parse_auth(api_auth: str | None) -> dict[str, str]:
+    users = {}
+    for item in (api_auth or "").split(","):
+        user, sep, password = item.strip().partition(":")
+        if sep and user:
+            users[user] = password
+    return users
+
+
+def register_routes(app, api_auth: str | None = None) -> None:
+    """Add the routes to `app`. `api_auth` is the host's "user:pass[,user:pass]" (None = open)."""
+    from fastapi import Depends, HTTPException, Request
+    from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from starlette.concurrency import run_in_threadpool
+
+    users = _parse_auth(api_auth)
+    basic = HTTPBasic(auto_error=False)
+
+    def check_auth(credentials: HTTPBasicCredentials = Depends(basic)):
+        if not users:
+            return
+        if credentials is not None and credentials.username in users and secrets.compare_digest(
+                credentials.password.encode(), users[credentials.username].encode()):
+            return
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    def route(path: str, method: str, fn: Callable, needs_body: bool = False):
+        async def endpoint(request: Request):
+            args = dict(request.query_params)
+            if needs_body:
+                raw = await request.body()
+                if raw.strip():
+                    try:
+                        import json
+
+                        body = json.loads(raw)
+                    except ValueError:
+                        return JSONResponse({"error": "request body is not valid JSON"}, status_code=400)
+                    if not isinstance(body, dict):
+                        return JSONResponse({"error": "request body must be a JSON object"}, status_code=400)
+                    args.update(body)
+            try:
+                result = await run_in_threadpool(fn, args)
+            except DreamboothError as error:
+                return JSONResponse({"error": str(error), "field": error.field}, status_code=_status_code(error))
+            except Exception as error:  # a bug: still JSON, details in the server log
+                import logging
+                import traceback
+
+                logging.getLogger("dreambooth").error("dreambooth API failed\n%s", traceback.format_exc())
+                return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+            status = result.pop("_status", 200) if isinstance(result, dict) else 200
+            return JSONResponse(result, status_code=status)
+
+        endpoint.__name__ = "dreambooth_" + path.strip("/").replace("/", "_")
+        app.add_api_route(PREFIX + path, endpoint, methods=[method], dependencies=[Depends(check_auth)],
+                          tags=["dreambooth"])
+
+    route("/status", "GET", _status)
+    route("/models", "GET", _models)
+    route("/sources", "GET", _sources)
+    route("/params", "GET", _get_params)
+    route("/params", "POST", _set_params, needs_body=True)
+    route("/create", "POST", _create, needs_body=True)
+    route("/cancel", "POST", _cancel, needs_body=True)
+    route("/start_training", "POST", _start_training, needs_body=True)
+    route("/checkpoint", "POST", _checkpoint, needs_body=True)
+
+
+# handlers: plain functions over the request's arguments ------------------------------------------------
+def _name(args: dict) -> str:
+    name = args.get("model_name")
+    if not isinstance(name, str) or not name.strip():
+        raise DreamboothError("model_name is missing: give the model's name", field="model_name")
+    return name.strip()
+
+
+def _status(args: dict) -> dict:
+    from .jobs import runner
+
+    data = runner().status_dict()
+    data["log"] = data["log"][-50:]
+    return data
+
+
+def _models(args: dict) -> dict:
+    from .store import list_models
+
+    return {"models": list_models()}
+
+
+def _sources(args: dict) -> dict:
+    from . import actions
+
+    return {"sources": [str(p) for p in actions.list_source_checkpoints()]}
+
+
+def _get_params(args: dict) -> dict:
+    from . import actions
+
+    cfg, warnings = actions.load_params(_name(args))
+    return {"params": cfg.to_dict(), "warnings": warnings}
+
+
+def _apply(cfg, params) -> None:
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise DreamboothError("params must be a JSON object of parameter: value", field="params")
+    for key, value in params.items():
+        cfg.set(key, value)
+
+
+def _set_params(args: dict) -> dict:
+    from . import actions
+
+    name = _name(args)
+    cfg, _ = actions.load_params(name)
+    _apply(cfg, args.get("params"))
+    path = actions.save_params(name, cfg)
+    return {"message": f"params saved to {path}", "params": cfg.to_dict()}
+
+
+def _create(args: dict) -> dict:
+    from . import actions
+    from .jobs import runner
+
+    name = _name(args)
+    with runner().exclusive("create", name):
+        model = actions.create_model(name, args.get("source") or "", progress=runner().note)
+    return {"message": f"model '{name}' created", "path": str(model.path), "_status": 201}
+
+
+def _cancel(args: dict) -> dict:
+    from .jobs import runner
+
+    return {"message": runner().cancel()}
+
+
+def _start_training(args: dict) -> dict:
+    from . import actions
+    from .jobs import runner
+    from .jobs import check_concepts
+
+    name = _name(args)
+    cfg, _ = actions.load_params(name)
+    _apply(cfg, args.get("params"))
+    count = check_concepts(cfg)
+    runner().start_training(name, cfg, resume=bool(args.get("resume", False)))
+    return {"message": f"training '{name}' started ({count} images)", "_status": 202}
+
+
+def _checkpoint(args: dict) -> dict:
+    from . import actions, host
+    from .jobs import runner
+
+    name = _name(args)
+    with runner().exclusive("checkpoint", name):
+        path = actions.generate_ckpt(name)
+    host.refresh_checkpoints()
+    return {"message": f"checkpoint written: {path}", "path": str(path)}

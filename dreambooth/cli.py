@@ -1,0 +1,201 @@
+"""Command line: `python -m dreambooth <command>`; with no command it serves the tab standalone.
+
+Bad input exits 2 with a one-line message; success exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .errors import DreamboothError
+
+DEMO_MODEL = "demo"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dreambooth", description="Dreambooth training for Stable Diffusion.")
+    parser.add_argument("--models-dir", help="models root holding dreambooth/ and Stable-diffusion/ "
+                                             "(default: $DREAMBOOTH_MODELS_DIR or ./models)")
+    commands = parser.add_subparsers(dest="command", metavar="command")
+
+    serve = commands.add_parser("serve", help="serve the Dreambooth tab standalone (the default)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--listen", action="store_true", help="listen on all interfaces, not only 127.0.0.1")
+
+    create = commands.add_parser("create", help="create a model from a checkpoint or diffusers folder")
+    create.add_argument("name")
+    create.add_argument("--source", required=True, help=".safetensors/.ckpt file, diffusers folder, or a file "
+                                                        "name in models/Stable-diffusion")
+
+    params = commands.add_parser("params", help="show or change a model's parameters (db_config.json)")
+    params.add_argument("name")
+    params.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a parameter (JSON for lists/objects); repeatable")
+    params.add_argument("--show", action="store_true", help="list every parameter with its help and range")
+
+    train = commands.add_parser("train", help="train a model (Ctrl-C cancels and saves)")
+    train.add_argument("name")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="change a parameter for this run (saved to db_config.json); repeatable")
+    train.add_argument("--resume", action="store_true", help="continue from the newest resume snapshot")
+
+    ckpt = commands.add_parser("ckpt", help="Generate Ckpt: write the model as one checkpoint file")
+    ckpt.add_argument("name")
+    ckpt.add_argument("--half", action="store_true", default=None, help="fp16 weights")
+    ckpt.add_argument("--subdir", action="store_true", default=None, help="into Stable-diffusion/<name>/")
+
+    samples = commands.add_parser("samples", help="generate sample images from the model's current weights")
+    samples.add_argument("name")
+
+    commands.add_parser("list", help="list the models")
+
+    tiny = commands.add_parser("tiny-checkpoint", help="write the embedded tiny SD1.x checkpoint (random weights)")
+    tiny.add_argument("out", type=Path)
+    tiny.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    commands.add_parser("demo", help="tiny checkpoint → create → train 2 epochs → ckpt, on any CPU")
+
+    bench = commands.add_parser("bench", help="benchmark the trainer against a textbook training loop")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.models_dir:
+        os.environ["DREAMBOOTH_MODELS_DIR"] = str(Path(args.models_dir).expanduser().resolve())
+    try:
+        return COMMANDS[args.command or "serve"](args)
+    except DreamboothError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_serve(args) -> int:
+    from .ui.server import serve
+
+    serve(port=getattr(args, "port", 7860), listen=getattr(args, "listen", False))
+    return 0
+
+
+def cmd_create(args) -> int:
+    from .actions import create_model
+
+    create_model(args.name, args.source)
+    return 0
+
+
+def cmd_params(args) -> int:
+    from .actions import describe, load_params, save_params
+    from .config import apply_assignments
+    from .registry import FIELDS
+
+    cfg, warnings = load_params(args.name)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.set:
+        apply_assignments(cfg, args.set)
+        print(f"saved {save_params(args.name, cfg)}")
+    if args.show:
+        for field in FIELDS:
+            if not field.hidden:
+                print(f"{field.name} = {getattr(cfg, field.name)!r}\n    [{field.group}] {field.label}: {field.help} "
+                      f"Allowed: {field.describe_range()}.")
+    elif not args.set:
+        print(describe(cfg))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .actions import load_params, train_model
+    from .config import apply_assignments
+    from .train.control import TrainControl
+
+    cfg, warnings = load_params(args.name)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    apply_assignments(cfg, args.set)
+    control = TrainControl(on_log=lambda message: print(message, file=sys.stderr))
+    previous = signal.getsignal(signal.SIGINT)
+
+    def cancel_on_interrupt(signum, frame):  # first Ctrl-C: cancel and save; second: stop at once
+        control.log("cancel requested: stopping after this step, then saving (Ctrl-C again to abort)")
+        control.request_cancel()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, cancel_on_interrupt)
+    try:
+        result = train_model(args.name, cfg, control, resume=args.resume)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    print(f"{result.state}: {result.steps} steps, revision {result.revision}, last loss "
+          f"{result.last_loss if result.last_loss is None else round(result.last_loss, 5)}")
+    for path in result.checkpoints:
+        print(f"checkpoint: {path}")
+    for path in result.samples[-4:]:
+        print(f"sample: {path}")
+    for path in result.charts:
+        print(f"chart: {path}")
+
+
+def cmd_ckpt(args) -> int:
+    from .actions import generate_ckpt
+
+    print(generate_ckpt(args.name, half=args.half, subdir=args.subdir))
+    return 0
+
+
+def cmd_samples(args) -> int:
+    from .actions import generate_samples
+
+    for path in generate_samples(args.name):
+        print(path)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .actions import list_models
+
+    for name in list_models():
+        print(name)
+    return 0
+
+
+def cmd_tiny_checkpoint(args) -> int:
+    from .tiny import write_tiny_checkpoint
+
+    write_tiny_checkpoint(args.out, preset=args.preset, seed=args.seed)
+    print(args.out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    started = time.perf_counter()
+    run_demo(DEMO_MODEL)
+    print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+COMMANDS = {
+    "serve": cmd_serve, "create": cmd_create, "params": cmd_params, "train": cmd_train, "ckpt": cmd_ckpt,
+    "samples": cmd_samples, "list": cmd_list, "tiny-checkpoint": cmd_tiny_checkpoint, "demo": cmd_demo,
+    "bench": cmd_bench,
+}

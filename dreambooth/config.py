@@ -1,0 +1,256 @@
+"""TrainConfig and Concept: values for the registry's fields, with coercion, validation and db_config.json I/O.
+
+Values arrive as JSON (db_config.json, REST), as strings (CLI `--set key=value`) or from widgets. They are
+coerced with the field's type and checked against its bounds; a problem names the field, the value and
+what is allowed. Keys we do not know are kept and reported, never silently dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import DreamboothError
+from .fsutil import atomic_write_json
+from .registry import CONCEPT_FIELD_BY_NAME, CONCEPT_FIELDS, FIELD_BY_NAME, FIELDS, Field
+
+# Renamed values from the older extension's files.
+_LEGACY_VALUES = {"optimizer": {"8Bit Adam": "8bit AdamW", "AdamW": "Torch AdamW"}}
+_LEGACY_KEYS = {"deis_train_scheduler": "noise_scheduler"}
+# Keys the older extension computed or kept for its own bookkeeping; accepted on import without a warning.
+_IGNORED_LEGACY_KEYS = {"is_valid", "model_dir", "pretrained_model_name_or_path", "model_path",
+                        "lifetime_revision", "initial_revision", "v2", "has_ema"}
+
+
+def coerce(field: Field, raw: Any, where: str = "") -> Any:
+    """Turn a JSON value or a string into the field's type, or raise naming the field."""
+    name = f"{where}{field.name}"
+    try:
+        if field.kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, (int, float)) and raw in (0, 1):
+                return bool(raw)
+            text = str(raw).strip().lower()
+            if text in ("true", "yes", "on", "1"):
+                return True
+            if text in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if field.kind is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if field.kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        if field.kind is list:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+        if raw is None:
+            return ""
+        return raw if isinstance(raw, str) else str(raw)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise DreamboothError(
+            f"{name} = {raw!r} is not a valid {field.kind.__name__}: expected {field.describe_range()}",
+            field=name) from None
+
+
+def check_bounds(field: Field, value: Any, where: str = "") -> None:
+    name = f"{where}{field.name}"
+    bad = (
+        (field.choices is not None and value not in field.choices)
+        or (field.minimum is not None and value < field.minimum)
+        or (field.above is not None and value <= field.above)
+        or (field.maximum is not None and value > field.maximum)
+    )
+    if bad:
+        raise DreamboothError(f"{name} = {value!r} is out of range: allowed {field.describe_range()}", field=name)
+
+
+@dataclass
+class Concept:
+    values: dict[str, Any] = dc_field(default_factory=dict)
+
+    def __post_init__(self):
+        merged = {f.name: f.default for f in CONCEPT_FIELDS}
+        merged.update(self.values)
+        self.values = merged
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+    @classmethod
+    def from_dict(cls, data: dict, index: int, warnings: list[str]) -> "Concept":
+        if not isinstance(data, dict):
+            raise DreamboothError(f"concepts_list[{index}] must be an object with concept fields, got {data!r}",
+                                  field="concepts_list")
+        values = {}
+        for key, raw in data.items():
+            spec = CONCEPT_FIELD_BY_NAME.get(key)
+            if spec is None:
+                if key not in _IGNORED_LEGACY_KEYS:
+                    warnings.append(f"concepts_list[{index}]: unknown key '{key}' ignored")
+                continue
+            where = f"concepts_list[{index}]."
+            values[key] = coerce(spec, raw, where)
+            check_bounds(spec, values[key], where)
+        return cls(values)
+
+    def to_dict(self) -> dict:
+        return dict(self.values)
+
+
+class TrainConfig:
+    """The settings of one model. Attribute access reads a field (`cfg.learning_rate`)."""
+
+    def __init__(self, values: dict[str, Any] | None = None, extras: dict[str, Any] | None = None):
+        self.__dict__["_values"] = {f.name: _copy_default(f.default) for f in FIELDS}
+        self.__dict__["extras"] = dict(extras or {})  # unknown keys, written back unchanged
+        for key, value in (values or {}).items():
+            self.set(key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.set(name, value)
+
+    def set(self, name: str, raw: Any) -> None:
+        """Coerce and bounds-check one value. Unknown names are an error here (CLI/UI typos)."""
+        spec = FIELD_BY_NAME.get(name)
+        if spec is None:
+            raise DreamboothError(f"unknown parameter '{name}' (see `params NAME --show` for the list)",
+                                  field=name)
+        value = coerce(spec, raw)
+        check_bounds(spec, value)
+        if name == "concepts_list":
+            concepts_from_list(value)  # validates every concept now, not at train time
+        self._values[name] = value
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self._values)
+        data.update(self.extras)
+        return data
+
+    def copy(self) -> "TrainConfig":
+        return TrainConfig(json.loads(json.dumps(self._values)), self.extras)
+
+    def concepts(self, base_dir: Path | None = None) -> list[Concept]:
+        """The concepts to train: from concepts_path when use_concepts is set, else concepts_list."""
+        if self.use_concepts and self.concepts_path.strip():
+            return load_concepts_source(self.concepts_path)
+        return concepts_from_list(self.concepts_list)
+
+
+def _copy_default(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def concepts_from_list(items: Iterable, warnings: list[str] | None = None) -> list[Concept]:
+    warnings = [] if warnings is None else warnings
+    return [Concept.from_dict(item, i, warnings) for i, item in enumerate(items)]
+
+
+def load_concepts_source(source: str) -> list[Concept]:
+    """A concepts JSON file, or JSON text; relative folders in a file resolve against the file."""
+    text = source.strip()
+    base = None
+    if not text.startswith("["):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise DreamboothError(f"concepts_path: '{source}' is neither a file nor JSON text", field="concepts_path")
+        text, base = path.read_text(encoding="utf-8"), path.parent
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DreamboothError(f"concepts_path: not valid JSON ({error})", field="concepts_path") from None
+    if not isinstance(items, list):
+        raise DreamboothError("concepts_path: expected a JSON list of concepts", field="concepts_path")
+    concepts = concepts_from_list(items)
+    if base is not None:
+        for concept in concepts:
+            for key in ("instance_data_dir", "class_data_dir"):
+                folder = concept.values[key]
+                if folder and not Path(folder).expanduser().is_absolute():
+                    concept.values[key] = str((base / folder).resolve())
+    return concepts
+
+
+def config_from_dict(data: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """Build a config from a db_config.json object (ours or the older extension's).
+
+    Returns the config and warnings (unknown keys, migrated values). Bad values raise DreamboothError.
+    """
+    if not isinstance(data, dict):
+        raise DreamboothError("db_config.json must hold a JSON object")
+    warnings: list[str] = []
+    known: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = key[3:] if key.startswith("db_") and key[3:] in FIELD_BY_NAME else key
+        name = _LEGACY_KEYS.get(name, name)
+        if name in FIELD_BY_NAME:
+            renamed = _LEGACY_VALUES.get(name, {}).get(raw) if isinstance(raw, str) else None
+            if renamed is not None:
+                warnings.append(f"{name}: '{raw}' is now called '{renamed}'")
+                raw = renamed
+            known[name] = raw
+        elif name not in _IGNORED_LEGACY_KEYS:
+            extras[key] = raw
+            warnings.append(f"unknown key '{key}' kept as is but not used")
+    cfg = TrainConfig(extras=extras)
+    for name, raw in known.items():
+        if name == "concepts_list":
+            cfg._values[name] = [c.to_dict() for c in concepts_from_list(coerce(FIELD_BY_NAME[name], raw), warnings)]
+        else:
+            cfg.set(name, raw)
+    return cfg, warnings
+
+
+def load_config(path: Path) -> tuple[TrainConfig, list[str]]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DreamboothError(f"{path} does not exist: save params first or create the model") from None
+    except json.JSONDecodeError as error:
+        raise DreamboothError(f"{path} is not valid JSON ({error}); fix or delete it") from None
+    return config_from_dict(data)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    atomic_write_json(path, cfg.to_dict())
+
+
+def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
+    """`key=value` strings from the CLI; lists and objects are JSON text."""
+    parsed = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DreamboothError(f"--set expects key=value, got '{item}'", field="--set")
+        parsed[key.strip()] = value
+    return parsed
+
+
+def apply_assignments(cfg: TrainConfig, assignments: Iterable[str]) -> TrainConfig:
+    for key, value in parse_assignments(assignments).items():
+        cfg.set(key, value)
+    return cfg

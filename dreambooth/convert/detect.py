@@ -1,0 +1,29 @@
+"""Tell the model family of a single-file checkpoint from its key names."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..errors import DreamboothError
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+
+
+def detect_model_type(keys: Iterable[str], source: str | None = None) -> str:
+    """"v1x" for an SD1.x checkpoint; DreamboothError for anything we cannot (yet) train."""
+    keys = list(keys)
+    name = f"'{source}'" if source else "the checkpoint"
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has("conditioner.embedders."):
+        raise DreamboothError(f"{name} is an SDXL checkpoint: SDXL checkpoints are not supported yet",
+                              field="source")
+    if has("cond_stage_model.model."):
+        raise DreamboothError(f"{name} is an SD2.x checkpoint: SD2.x checkpoints are not supported yet",
+                              field="source")
+    if has(UNET_PREFIX) and has(CLIP_PREFIX) and has(VAE_PREFIX):
+        return "v1x"
+    if has(UNET_PREFIX):
+        raise DreamboothError(f"{name} lacks the VAE or text encoder: use a full SD1.x checkpoint", field="source")
+    raise DreamboothError(f"{name} is not a Stable Diffusion checkpoint (no model.diffusion_model.* keys): "
+                          f"pick an SD1.x .safetensors/.ckpt", field="source")

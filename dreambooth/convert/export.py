@@ -1,0 +1,103 @@
+"""Write a single-file checkpoint in the WebUI's (LDM) key layout.
+
+Sources, freely mixed: a working diffusers folder (weights read straight from its safetensors files, no
+model construction) and/or live modules (the trainer's unet/text_encoder). The file carries our
+"dreambooth_configs" metadata so that create_working re-creates the exact same diffusers configs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DreamboothError
+from ..fsutil import atomic_path
+from .checkpoint_io import load_state_dict
+from .detect import CLIP_PREFIX
+from .ldm_infer import CONFIGS_METADATA_KEY
+
+COMPONENTS = ("unet", "vae", "text_encoder")
+_WEIGHT_FILES = {"unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                 "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                 "text_encoder": ("model.safetensors", "pytorch_model.bin")}
+
+
+def _from_folder(folder: Path, name: str) -> tuple[dict, dict]:
+    from .diffusers_io import TEXT_ENCODER_KEYS
+
+    sub = folder / name
+    config_file = sub / "config.json"
+    if not config_file.is_file():
+        raise DreamboothError(f"'{folder}' has no {name}/config.json: not a complete model folder", field="model_name")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if name == "text_encoder":
+        config = {k: config[k] for k in TEXT_ENCODER_KEYS if k in config}
+    else:
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+    for filename in _WEIGHT_FILES[name]:
+        if (sub / filename).is_file():
+            return load_state_dict(sub / filename)[0], config
+    raise DreamboothError(f"'{sub}' holds no weights file", field="model_name")
+
+
+def _from_module(module, name: str) -> tuple[dict, dict]:
+    from .diffusers_io import model_config, text_encoder_state_dict
+
+    state = text_encoder_state_dict(module) if name == "text_encoder" else module.state_dict()
+    return state, model_config(module)
+
+
+def gather(source=None, **modules) -> tuple[dict, dict]:
+    """({name: state_dict}, {name: config}) for the three components from modules and/or a folder."""
+    if isinstance(source, dict):
+        modules = {**source, **{k: v for k, v in modules.items() if v is not None}}
+        source = None
+    states, configs = {}, {}
+    for name in COMPONENTS:
+        if modules.get(name) is not None:
+            states[name], configs[name] = _from_module(modules[name], name)
+        elif source is not None:
+            states[name], configs[name] = _from_folder(Path(source), name)
+        else:
+            raise ValueError(f"export_single_file: no {name} given and no working folder to read it from")
+    return states, configs
+
+
+def export_single_file(source, out_path, half: bool = False, metadata: dict | None = None, *,
+                       unet=None, vae=None, text_encoder=None) -> Path:
+    """Write `out_path` (.safetensors, or .ckpt as {"state_dict": ...}) atomically; fp16 floats when `half`.
+
+    `source`: a working diffusers folder, a dict {"unet", "vae", "text_encoder"} of modules, or None;
+    the keyword modules override the folder's components.
+    """
+    import torch
+
+    from .ldm_map import diffusers_to_ldm
+
+    out_path = Path(out_path)
+    suffix = out_path.suffix.lower()
+    if suffix not in (".safetensors", ".ckpt"):
+        raise DreamboothError(f"cannot write '{out_path.name}': the file name must end in .safetensors or .ckpt",
+                              field="save_safetensors")
+    states, configs = gather(source, unet=unet, vae=vae, text_encoder=text_encoder)
+    ldm = diffusers_to_ldm(states["unet"], states["vae"], states["text_encoder"], configs)
+    # SD1 checkpoints carry CLIP's position_ids buffer; transformers 5 no longer has it in its state dict.
+    positions = f"{CLIP_PREFIX}text_model.embeddings.position_ids"
+    if positions not in ldm:
+        ldm[positions] = torch.arange(configs["text_encoder"]["max_position_embeddings"]).unsqueeze(0)
+    tensors = {}
+    for key, tensor in ldm.items():
+        tensor = tensor.detach().to("cpu")
+        if half and tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        tensors[key] = tensor.contiguous()
+    info = {str(k): str(v) for k, v in (metadata or {}).items()}
+    info[CONFIGS_METADATA_KEY] = json.dumps(configs, sort_keys=True)
+    info.setdefault("format", "pt")
+    with atomic_path(out_path) as tmp:
+        if suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp), metadata=info)
+        else:
+            torch.save({"state_dict": tensors, **info}, str(tmp))
+    return out_path

@@ -1,0 +1,1 @@
+"""Training data: image discovery, captions, and the cached training set."""

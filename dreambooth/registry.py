@@ -1,0 +1,214 @@
+"""The parameter registry: every training setting declared once.
+
+`db_config.json`, validation, the CLI's `--set key=value`, the REST schema and the tab's widgets are all
+derived from these declarations. Key names follow the older Dreambooth extension's `db_config.json`
+wherever it has the same setting, so users can bring their files along.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ALL_MODEL_TYPES = ("v1x", "v2x-512", "v2x", "SDXL")
+
+LR_SCHEDULERS = (
+    "linear",
+    "linear_with_warmup",
+    "cosine",
+    "cosine_annealing",
+    "cosine_annealing_with_restarts",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+OPTIMIZERS = ("Torch AdamW", "8bit AdamW")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting. `kind` is int, float, bool, str or list; bounds are inclusive unless `above` is set."""
+
+    name: str
+    kind: type
+    default: Any
+    group: str
+    label: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None  # exclusive lower bound (e.g. learning rates must be > 0)
+    choices: tuple[str, ...] | None = None
+    model_types: tuple[str, ...] = ALL_MODEL_TYPES
+    hidden: bool = False  # bookkeeping the program maintains; not shown as a widget
+
+    def describe_range(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        low = f"> {_num(self.above)}" if self.above is not None else (
+            f">= {_num(self.minimum)}" if self.minimum is not None else "")
+        high = f"<= {_num(self.maximum)}" if self.maximum is not None else ""
+        return " and ".join(part for part in (low, high) if part) or f"a {self.kind.__name__}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _f(name, kind, default, group, label, help, **extra) -> Field:
+    return Field(name, kind, default, group, label, help, **extra)
+
+
+# Model bookkeeping: written by Create and the trainer, carried in db_config.json.
+_MODEL = [
+    _f("model_name", str, "", "Model", "Model name", "Folder name under models/dreambooth.", hidden=True),
+    _f("model_type", str, "v1x", "Model", "Model type", "Detected at Create: v1x (SD 1.x).",
+       choices=ALL_MODEL_TYPES, hidden=True),
+    _f("src", str, "", "Model", "Source checkpoint", "The checkpoint this model was created from.", hidden=True),
+    _f("revision", int, 0, "Model", "Revision", "Lifetime optimizer steps; used in checkpoint names.",
+       minimum=0, hidden=True),
+    _f("epoch", int, 0, "Model", "Epoch", "Lifetime epochs trained.", minimum=0, hidden=True),
+]
+
+_INTERVALS = [
+    _f("num_train_epochs", int, 100, "Intervals", "Training steps per image (epochs)",
+       "How many times every instance image is seen. 100-200 is typical for a person.",
+       minimum=1, maximum=100000),
+    _f("save_embedding_every", int, 25, "Intervals", "Save model frequency (epochs)",
+       "Write a checkpoint and a resume snapshot every N epochs (0 = only at the end).",
+       minimum=0, maximum=100000),
+    _f("save_preview_every", int, 5, "Intervals", "Save preview(s) frequency (epochs)",
+       "Generate sample images and charts every N epochs (0 = only at the end).",
+       minimum=0, maximum=100000),
+    _f("epoch_pause_frequency", int, 0, "Intervals", "Pause after N epochs",
+       "Pause training after every N epochs, e.g. to let the GPU cool (0 = never).",
+       minimum=0, maximum=100000),
+    _f("epoch_pause_time", int, 0, "Intervals", "Amount of time to pause between epochs (s)",
+       "Length of each pause in seconds.", minimum=0, maximum=3600),
+]
+
+_BATCHING = [
+    _f("train_batch_size", int, 1, "Batching", "Batch size",
+       "Images per step. Larger batches use more VRAM.", minimum=1, maximum=256),
+    _f("gradient_accumulation_steps", int, 1, "Batching", "Gradient accumulation steps",
+       "Batches summed before each optimizer step: a larger effective batch without more VRAM.",
+       minimum=1, maximum=256),
+    _f("sample_batch_size", int, 1, "Batching", "Class batch size",
+       "Images generated at once for class images and previews.", minimum=1, maximum=64),
+    _f("gradient_set_to_none", bool, True, "Batching", "Set gradients to none when zeroing",
+       "Frees gradient memory between steps instead of filling it with zeros."),
+    _f("gradient_checkpointing", bool, True, "Batching", "Gradient checkpointing",
+       "Recompute activations in the backward pass: much less VRAM, about 20% slower."),
+    _f("max_grad_norm", float, 1.0, "Batching", "Max grad norm",
+       "Clip the gradient norm to this value (0 = no clipping).", minimum=0, maximum=1000),
+]
+
+_LEARNING_RATE = [
+    _f("learning_rate", float, 2e-6, "Learning Rate", "Learning rate",
+       "UNet learning rate. 1e-6 to 5e-6 is typical for a full fine-tune.", above=0, maximum=1),
+    _f("lr_scheduler", str, "constant_with_warmup", "Learning Rate", "Learning rate scheduler",
+       "How the learning rate changes over the run.", choices=LR_SCHEDULERS),
+    _f("lr_warmup_steps", int, 0, "Learning Rate", "Learning rate warmup steps",
+       "Optimizer steps over which the learning rate rises from 0 (warmup schedulers).",
+       minimum=0, maximum=10_000_000),
+    _f("lr_cycles", int, 1, "Learning Rate", "Number of hard resets",
+       "Cycles of the restart schedulers.", minimum=1, maximum=1000),
+    _f("lr_power", float, 1.0, "Learning Rate", "Polynomial power",
+       "Power of the polynomial decay.", above=0, maximum=100),
+    _f("learning_rate_min", float, 1e-6, "Learning Rate", "Min learning rate",
+       "Floor of the polynomial and cosine-annealing schedulers.", minimum=0, maximum=1),
+    _f("lr_factor", float, 0.5, "Learning Rate", "Factor",
+       "The linear scheduler lowers the learning rate to learning_rate × factor.", minimum=0, maximum=1),
+    _f("lr_scale_pos", float, 0.5, "Learning Rate", "Scale position",
+       "Fraction of the run over which the linear scheduler reaches its end value.", above=0, maximum=1),
+    _f("optimizer", str, "Torch AdamW", "Learning Rate", "Optimizer",
+       "Torch AdamW, or 8bit AdamW (bitsandbytes) to save optimizer memory.", choices=OPTIMIZERS),
+    _f("weight_decay", float, 0.01, "Learning Rate", "Weight decay",
+       "AdamW weight decay.", minimum=0, maximum=1),
+]
+
+_PRECISION = [
+    _f("mixed_precision", str, "fp16", "Image Processing", "Mixed precision",
+       "Compute in fp16 or bf16 where the device supports it (fp16 falls back to fp32 on a CPU).",
+       choices=MIXED_PRECISION),
+    _f("resolution", int, 512, "Image Processing", "Max resolution",
+       "Training images are resized and centre-cropped to this size (multiple of 8).",
+       minimum=8, maximum=4096),
+    _f("seed", int, -1, "Image Processing", "Seed", "Training seed (-1 = random, logged).",
+       minimum=-1, maximum=2**32 - 1),
+]
+
+_SAVING = [
+    _f("half_model", bool, False, "Saving", "Half model", "Save checkpoints in fp16 (half the size)."),
+    _f("use_subdir", bool, False, "Saving", "Save checkpoint to subdirectory",
+       "Put checkpoints in models/Stable-diffusion/<name>/."),
+    _f("save_safetensors", bool, True, "Saving", "Save as safetensors",
+       "Write .safetensors (safe to share) instead of .ckpt."),
+    _f("save_ckpt_during", bool, True, "Saving", "Generate a .ckpt file when saving during training",
+       "Write a single-file checkpoint at every save interval."),
+    _f("save_ckpt_after", bool, True, "Saving", "Generate a .ckpt file when training completes",
+       "Write a single-file checkpoint at the end of training."),
+    _f("save_ckpt_cancel", bool, True, "Saving", "Generate a .ckpt file when training is canceled",
+       "Write a single-file checkpoint when Cancel stops training."),
+    _f("save_state_during", bool, True, "Saving", "Save a resume snapshot when saving during training",
+       "Keep optimizer and scheduler state so training can resume exactly."),
+    _f("save_state_after", bool, True, "Saving", "Save a resume snapshot when training completes",
+       "Keep a snapshot of the finished run to continue it later."),
+    _f("save_state_cancel", bool, True, "Saving", "Save a resume snapshot when training is canceled",
+       "Keep a snapshot when Cancel stops training."),
+    _f("snapshots_to_keep", int, 1, "Saving", "Snapshots to keep",
+       "Resume snapshots hold optimizer state (3x the UNet's size): keep only the newest N.",
+       minimum=1, maximum=1000),
+]
+
+_CONCEPTS = [
+    _f("use_concepts", bool, False, "Concepts", "Use concepts list",
+       "Read the concepts from concepts_path (a JSON file or JSON text) instead of the editors."),
+    _f("concepts_path", str, "", "Concepts", "Concepts list",
+       "Path to a concepts JSON file, or the JSON text itself."),
+    _f("concepts_list", list, [], "Concepts", "Concepts",
+       "The concepts to train: a list of objects with the concept fields."),
+]
+
+FIELDS: tuple[Field, ...] = tuple(
+    _MODEL + _INTERVALS + _BATCHING + _LEARNING_RATE + _PRECISION + _SAVING + _CONCEPTS)
+
+CONCEPT_FIELDS: tuple[Field, ...] = (
+    _f("instance_data_dir", str, "", "Instance", "Dataset directory",
+       "Folder with the instance images (searched recursively)."),
+    _f("instance_prompt", str, "[filewords]", "Instance", "Instance prompt",
+       "Prompt for the instance images. [filewords] takes the caption from a .txt file beside the image, "
+       "else from the file name."),
+    _f("instance_token", str, "", "Instance", "Instance token",
+       "Your subject's rare token, e.g. 'ohwx'; replaces it in [filewords] captions."),
+    _f("class_token", str, "", "Instance", "Class token", "The subject's class, e.g. 'person'."),
+    _f("class_data_dir", str, "", "Class", "Classification dataset directory",
+       "Folder of class images for prior preservation (generated into classifiers_<i> when empty)."),
+    _f("class_prompt", str, "[filewords]", "Class", "Class prompt", "Prompt for the class images."),
+    _f("class_negative_prompt", str, "", "Class", "Class negative prompt",
+       "Negative prompt used when generating class images."),
+    _f("num_class_images_per", int, 0, "Class", "Class images per instance image",
+       "0 disables prior preservation.", minimum=0, maximum=1000),
+    _f("class_guidance_scale", float, 7.5, "Class", "Classification CFG scale",
+       "Guidance scale for class images.", minimum=0, maximum=50),
+    _f("class_infer_steps", int, 40, "Class", "Classification steps",
+       "Sampling steps for class images.", minimum=1, maximum=500),
+    _f("save_sample_prompt", str, "", "Sample", "Sample image prompt",
+       "Prompt for preview samples (empty = the first instance caption)."),
+    _f("save_sample_negative_prompt", str, "", "Sample", "Sample negative prompt",
+       "Negative prompt for preview samples."),
+    _f("save_sample_template", str, "", "Sample", "Sample prompt template file",
+       "A text file with one sample prompt per line."),
+    _f("n_save_sample", int, 1, "Sample", "Number of samples to generate",
+       "Samples generated at every preview.", minimum=0, maximum=100),
+    _f("sample_seed", int, -1, "Sample", "Sample seed", "-1 = a new seed each preview.",
+       minimum=-1, maximum=2**32 - 1),
+    _f("save_guidance_scale", float, 7.5, "Sample", "Sample CFG scale",
+       "Guidance scale for previews.", minimum=0, maximum=50),
+    _f("save_infer_steps", int, 20, "Sample", "Sample steps", "Sampling steps for previews.",
+       minimum=1, maximum=500),
+)
+
+FIELD_BY_NAME = {field.name: field for field in FIELDS}
+CONCEPT_FIELD_BY_NAME = {field.name: field for field in CONCEPT_FIELDS}

@@ -1,0 +1,87 @@
+"""A model's folder under `<models>/dreambooth/<name>/` and the rules for model names."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import host
+from .errors import DreamboothError
+
+CONFIG_FILE = "db_config.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
+
+
+def check_model_name(name: str) -> str:
+    """A name is one plain folder name: letters, digits, '.', '_', '-', spaces; no path tricks."""
+    name = (name or "").strip()
+    if not name:
+        raise DreamboothError("model name is empty: enter a name for the model", field="model_name")
+    if not _NAME_RE.match(name) or ".." in name:
+        raise DreamboothError(
+            f"model name '{name}' is not allowed: use letters, digits, '.', '_', '-' and spaces "
+            "(no '/', '\\' or '..'), starting with a letter or digit", field="model_name")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    name: str
+    path: Path
+
+    @property
+    def working(self) -> Path:
+        return self.path / "working"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def logging(self) -> Path:
+        return self.path / "logging"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Resume snapshots (checkpoint-<revision>/)."""
+        return self.path / "checkpoints"
+
+    @property
+    def backups(self) -> Path:
+        return self.path / "backups"
+
+    @property
+    def cache(self) -> Path:
+        return self.path / "cache"
+
+    def classifiers(self, index: int) -> Path:
+        return self.path / f"classifiers_{index}"
+
+    def exists(self) -> bool:
+        return self.working.is_dir() and self.config_file.is_file()
+
+    def require(self) -> "ModelDir":
+        if not self.exists():
+            raise DreamboothError(
+                f"model '{self.name}' does not exist under {self.path.parent}: create it first", field="model_name")
+        return self
+
+
+def model_dir(name: str, root: Path | None = None) -> ModelDir:
+    name = check_model_name(name)
+    base = (root or host.dreambooth_root()).resolve()
+    path = (base / name).resolve()
+    if path.parent != base:  # belt and braces: the name check should already prevent this
+        raise DreamboothError(f"model name '{name}' escapes the models folder", field="model_name")
+    return ModelDir(name, path)
+
+
+def list_models(root: Path | None = None) -> list[str]:
+    base = root or host.dreambooth_root()
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / CONFIG_FILE).is_file() and (p / "working").is_dir())

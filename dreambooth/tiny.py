@@ -1,0 +1,115 @@
+"""The embedded default model: a tiny SD1-topology Stable Diffusion with seeded random weights.
+
+Built in code (no download) so newcomers and tests can train end to end in seconds on a CPU. It keeps
+SD1.x's block pattern and its ×8 VAE, so every converter, the WebUI and diffusers treat it like SD1.5.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+PRESET_RESOLUTION = {"tiny": 64, "small": 128}
+
+_CLIP = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 5,
+         "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+         "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
+         "projection_dim": 32}
+
+
+def _unet(channels, resolution: int) -> dict:
+    # SD1 pattern: cross-attention at every level but the deepest. Channels are multiples of 32 because
+    # the single-file loaders assume norm_num_groups=32.
+    levels = len(channels)
+    return {"sample_size": resolution // 8, "in_channels": 4, "out_channels": 4,
+            "down_block_types": ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1),
+            "block_out_channels": list(channels), "layers_per_block": 2, "cross_attention_dim": _CLIP["hidden_size"],
+            "attention_head_dim": 8, "norm_num_groups": 32}
+
+
+def _vae(channels, resolution: int) -> dict:
+    levels = len(channels)  # 4 levels = ×8 downscale, like SD
+    return {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * levels,
+            "up_block_types": ["UpDecoderBlock2D"] * levels, "block_out_channels": list(channels),
+            "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32, "act_fn": "silu",
+            "sample_size": resolution, "scaling_factor": 0.18215}
+
+
+PRESETS = {
+    "tiny": {"unet": _unet((32, 64, 64), 64), "vae": _vae((32, 32, 64, 64), 64), "text_encoder": dict(_CLIP)},
+    "small": {"unet": _unet((64, 128, 256), 128), "vae": _vae((32, 64, 128, 128), 128), "text_encoder": dict(_CLIP)},
+}
+
+
+def preset_configs(preset: str) -> dict:
+    from .errors import DreamboothError
+
+    if preset not in PRESETS:
+        raise DreamboothError(f"unknown tiny model preset '{preset}': use one of {', '.join(PRESETS)}", field="preset")
+    return {name: dict(cfg) for name, cfg in PRESETS[preset].items()}
+
+
+def build_components(preset: str = "tiny", seed: int = 0) -> dict:
+    """{"unet", "vae", "text_encoder", "scheduler_config", "configs"}: fresh fp32 modules, same weights per seed."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .convert.diffusers_io import SCHEDULER_CONFIG, build_text_encoder
+
+    configs = preset_configs(preset)
+    with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        text_encoder = build_text_encoder(configs["text_encoder"])
+    return {"unet": unet.float().eval(), "vae": vae.float().eval(), "text_encoder": text_encoder.float().eval(),
+            "scheduler_config": dict(SCHEDULER_CONFIG), "configs": configs}
+
+
+def write_tiny_checkpoint(out_path, preset: str = "tiny", seed: int = 0) -> Path:
+    """A single-file LDM-layout checkpoint of the preset (what a user would pick as a source)."""
+    from .convert.export import export_single_file
+
+    parts = build_components(preset, seed)
+    return export_single_file(parts, out_path, half=False,
+                              metadata={"dreambooth_preset": preset, "dreambooth_seed": str(seed)})
+
+
+def _demo_image(rng: random.Random, size: int):
+    from PIL import Image, ImageDraw
+
+    top = tuple(rng.randint(150, 230) for _ in range(3))
+    bottom = tuple(max(0, c - rng.randint(40, 90)) for c in top)
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    for y in range(size):  # vertical background gradient
+        t = y / max(1, size - 1)
+        draw.line([(0, y), (size, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+    # the "subject": the same red-capped teal toy in slightly different places and sizes
+    radius = size * rng.uniform(0.2, 0.28)
+    cx, cy = size * rng.uniform(0.38, 0.62), size * rng.uniform(0.45, 0.62)
+    body = (20 + rng.randint(0, 20), 150 + rng.randint(0, 30), 140 + rng.randint(0, 30))
+    draw.ellipse([cx - radius, cy - radius * 0.8, cx + radius, cy + radius * 0.8], fill=body, outline=(10, 40, 40))
+    cap = radius * 0.55
+    draw.ellipse([cx - cap, cy - radius * 0.8 - cap, cx + cap, cy - radius * 0.8 + cap * 0.6], fill=(210, 40, 40))
+    eye = max(1.0, radius * 0.12)
+    for dx in (-0.35, 0.35):
+        ex, ey = cx + dx * radius, cy - radius * 0.15
+        draw.ellipse([ex - eye, ey - eye, ex + eye, ey + eye], fill=(15, 15, 15))
+    return image
+
+
+def write_demo_images(folder, count: int = 6, size: int = 64, seed: int = 0) -> list[Path]:
+    """`count` PNG instance images of one procedurally drawn subject, slightly varied (seeded)."""
+    from .fsutil import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    written = []
+    for index in range(count):
+        path = folder / f"demo_{index:02d}.png"
+        with atomic_path(path) as tmp:
+            _demo_image(rng, size).save(tmp, format="PNG")
+        written.append(path)
+    return written

@@ -1,0 +1,295 @@
+"""The Dreambooth training loop: epochs over the cached training set, saves, previews, pauses, cancel.
+
+Requests from the outside (cancel, sample now, save now) arrive through a TrainControl and are honoured
+at step boundaries. Cancel stops at the next step and then runs the final save.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import charts
+from ..config import TrainConfig, save_config
+from ..store import ModelDir
+from .control import TrainControl
+from .metrics import MetricsLog, memory_mb
+from .plan import TrainPlan, plan_from_config
+from .schedulers import build_lr_scheduler, spec_from_config
+from .setup import epoch_order, load_models, make_accelerator, pick_seed
+
+LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
+
+
+@dataclass
+class TrainResult:
+    state: str  # "done" or "canceled"
+    steps: int
+    revision: int
+    checkpoints: list[Path] = field(default_factory=list)
+    snapshots: list[Path] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    charts: list[Path] = field(default_factory=list)
+    last_loss: float | None = None
+
+
+class Trainer:
+    def __init__(self, model: ModelDir, cfg: TrainConfig, control: TrainControl | None = None,
+                 resume: bool = False):
+        self.model = model
+        self.cfg = cfg
+        self.control = control or TrainControl()
+        self.resume = resume
+        self.log = self.control.log
+
+    # set-up -----------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        import torch
+
+        from ..data.dataset import build_training_set, collect_items
+        from ..train.optimizers import build_optimizer
+
+        cfg, control = self.cfg, self.control
+        control.update(state="preparing", model_name=self.model.name, started_at=time.time())
+        concepts = cfg.concepts()
+        pairs = collect_items(concepts, lambda message: self.log(f"warning: {message}"))  # bad folders fail here
+
+        self.accelerator = accelerator = make_accelerator(cfg, self.log)
+        self.device = accelerator.device
+        self.models = models = load_models(self.model, self.device, cfg)
+        self.training_set = build_training_set(pairs, cfg.resolution, models.vae, models.text_encoder,
+                                               models.tokenizer, self.device)
+        self.first_captions = {}
+        for item in self.training_set.items:
+            self.first_captions.setdefault(item.concept, item.caption)
+        self.concepts = concepts
+        self.plan: TrainPlan = plan_from_config(cfg, len(self.training_set))
+
+        optimizer = build_optimizer(cfg.optimizer, [p for p in models.unet.parameters() if p.requires_grad],
+                                    cfg.learning_rate, cfg.weight_decay)
+        self.schedule = spec_from_config(cfg, self.plan.total_steps)
+        self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
+        self.unet, self.optimizer = accelerator.prepare(models.unet, optimizer)
+
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler.from_config(models.scheduler_config)
+        self.seed = pick_seed(cfg.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.global_step = 0
+        self.start_revision = cfg.revision
+        self.start_epoch = 0
+        self.skip_batches = 0
+        if self.resume:
+            self._restore()
+        self.metrics = MetricsLog(self.model.logging)
+        self.log(f"training {len(self.training_set)} images, {self.plan.epochs} epochs, "
+                 f"{self.plan.steps_per_epoch} steps per epoch ({self.plan.total_steps} steps), "
+                 f"batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps}, seed {self.seed}, "
+                 f"device {self.device}, precision {accelerator.mixed_precision}")
+
+    def _restore(self) -> None:
+        from ..errors import DreamboothError
+        from .snapshot import latest_snapshot, load_snapshot
+
+        path = latest_snapshot(self.model.checkpoints)
+        if path is None:
+            raise DreamboothError(f"no snapshot to resume in {self.model.checkpoints}: train without --resume")
+        snap = load_snapshot(path)
+        state = snap["state"]
+        self.accelerator.unwrap_model(self.unet).load_state_dict(snap["weights"]["unet"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.lr_scheduler.load_state_dict(snap["scheduler"])
+        self.generator.set_state(snap["generator"])
+        self.seed = state["seed"]
+        self.global_step = state["global_step"]
+        self.start_revision = state["revision"] - state["global_step"]
+        self.start_epoch = state["epochs_done"]
+        self.skip_batches = state["batches_done_in_epoch"]
+        self.log(f"resumed from {path.name}: step {self.global_step}, epoch {self.start_epoch}")
+
+    # the loop ---------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self._prepare()
+        result = TrainResult("done", 0, self.start_revision)
+        self.result = result
+        self._epochs_done = self.start_epoch
+        self._batches_done = self.skip_batches
+        control = self.control
+        control.update(state="training", total_epochs=self.plan.epochs, total_steps=self.plan.total_steps,
+                       step=self.global_step, epoch=self.start_epoch)
+        self._timer = (time.perf_counter(), self.global_step)
+        progress = self._progress_bar()
+        canceled = False
+        for epoch in range(self.start_epoch, self.plan.epochs):
+            canceled = self._train_epoch(epoch, progress)
+            if canceled:
+                break
+            self._epochs_done = epoch + 1
+            self._batches_done = 0
+            self.cfg.epoch += 1
+            self._end_of_epoch(epoch + 1)
+        progress.close()
+        self._flush_metrics()
+        if canceled:
+            result.state = "canceled"
+            self.log("training canceled")
+            self._save("cancel")
+            if self.accelerator.is_main_process:  # charts only: a user who cancels wants it to stop soon
+                self.result.charts = charts.draw_charts(self.model.logging, self.model.name)
+        result.steps = self.global_step
+        result.revision = self.start_revision + self.global_step
+        control.update(state=result.state, finished_at=time.time())
+        self.log(f"training {result.state} after {self.global_step} steps")
+        return result
+
+    def _train_epoch(self, epoch: int, progress) -> bool:
+        """One epoch; True when a cancel request stopped it."""
+        batch_size = self.cfg.train_batch_size
+        order = epoch_order(len(self.training_set), self.seed, epoch)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        accumulation = self.cfg.gradient_accumulation_steps
+        groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
+        skip = self.skip_batches if epoch == self.start_epoch else 0
+        for group_index, group in enumerate(groups):
+            if group_index * accumulation < skip:
+                continue
+            if self.control.cancel_requested.is_set():
+                return True
+            self._optimizer_step(group)
+            self._batches_done = min(len(batches), (group_index + 1) * accumulation)
+            progress.update(1)
+            self._after_step(epoch, progress)
+        return False
+
+    def _optimizer_step(self, group: list[list[int]]) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        accelerator, unet = self.accelerator, self.unet
+        lr = self.lr_scheduler.get_last_lr()[0]
+        total_loss = 0.0
+        for index, indices in enumerate(group):
+            last = index == len(group) - 1
+            sync = accelerator.no_sync(unet) if not last and accelerator.num_processes > 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                latents, embeddings = self.training_set.batch(indices, self.generator)
+                noise = torch.randn(latents.shape, generator=self.generator, device=latents.device)
+                timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                                          generator=self.generator, device=latents.device)
+                noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+                if self.noise_scheduler.config.prediction_type == "v_prediction":
+                    target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                prediction = unet(noisy, timesteps, embeddings).sample
+                loss = F.mse_loss(prediction.float(), target.float()) / len(group)
+                accelerator.backward(loss)
+            total_loss = total_loss + loss.detach()
+        if self.cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(unet.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=self.cfg.gradient_set_to_none)
+        self.lr_scheduler.step()
+        self.global_step += 1
+        self.metrics.add(total_loss, step=self.global_step, epoch=self._epochs_done + 1, lr=lr,
+                         memory_mb=memory_mb(self.device), memory_kind=self._memory_kind())
+
+    def _memory_kind(self) -> str:
+        return "VRAM" if self.device.type == "cuda" else "RAM (RSS)"
+
+    def _after_step(self, epoch: int, progress) -> None:
+        control = self.control
+        if self.global_step % LOG_EVERY == 0:
+            self._flush_metrics(progress)
+        control.update(step=self.global_step, epoch=epoch + 1)
+        if control.sample_requested.is_set():
+            control.sample_requested.clear()
+            self._preview()
+        if control.save_requested.is_set():
+            control.save_requested.clear()
+            self._save("during")
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        plan = self.plan
+        if plan.saves_after(epoch):
+            self._save("after" if epoch == plan.epochs else "during")
+        if plan.previews_after(epoch):
+            self._flush_metrics()
+            self._preview()
+        if plan.pauses_after(epoch) and self.cfg.epoch_pause_time > 0:
+            self.control.update(state="paused")
+            self.log(f"pausing {self.cfg.epoch_pause_time} s after epoch {epoch}")
+            self.control.cancel_requested.wait(self.cfg.epoch_pause_time)  # Cancel ends the pause early
+            self.control.update(state="training")
+
+    # reporting --------------------------------------------------------------------------------------
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.plan.total_steps, initial=self.global_step, desc=f"Training {self.model.name}",
+                    unit="step", disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+
+    def _flush_metrics(self, progress=None) -> None:
+        rows = self.metrics.flush() if self.accelerator.is_main_process else []
+        if not rows:
+            return
+        now = time.perf_counter()
+        started, start_step = self._timer
+        rate = (self.global_step - start_step) / max(now - started, 1e-9)
+        remaining = self.plan.total_steps - self.global_step
+        last = rows[-1]
+        self.result.last_loss = last["loss"]
+        self.control.update(loss=last["loss"], lr=last["lr"], memory_mb=last["memory_mb"], it_per_s=rate,
+                            eta_s=remaining / rate if rate > 0 else None)
+        if progress is not None:
+            progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", refresh=False)
+
+    # saving -----------------------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        return self.start_revision + self.global_step
+
+    def _save(self, reason: str) -> None:
+        """Write what the saving switches ask for at this point: working weights, checkpoint, snapshot."""
+        from .saving import save_training_state
+
+        want_ckpt = getattr(self.cfg, f"save_ckpt_{reason}")
+        want_state = getattr(self.cfg, f"save_state_{reason}")
+        self.control.update(state="saving")
+        if self.accelerator.is_main_process:
+            checkpoint, snapshot = save_training_state(self, want_ckpt, want_state)
+            if checkpoint is not None:
+                self.result.checkpoints.append(checkpoint)
+                self.control.update(checkpoints=[str(p) for p in self.result.checkpoints])
+            if snapshot is not None:
+                self.result.snapshots.append(snapshot)
+        self.accelerator.wait_for_everyone()
+        self.control.update(state="training")
+
+    def _preview(self) -> None:
+        from .saving import write_previews
+
+        if not self.accelerator.is_main_process:
+            return
+        self.control.update(state="sampling")
+        samples = write_previews(self)
+        self.result.samples.extend(samples)
+        drawn = charts.draw_charts(self.model.logging, self.model.name)
+        self.result.charts = drawn
+        self.control.update(state="training", samples=[str(p) for p in samples] or self.control.snapshot().samples,
+                            charts=[str(p) for p in drawn])
+
+    def snapshot_state(self) -> dict:
+        return {"seed": self.seed, "global_step": self.global_step, "epochs_done": self._epochs_done,
+                "batches_done_in_epoch": self._batches_done, "total_steps": self.plan.total_steps}
+
+    def save_config(self) -> None:
+        self.cfg.revision = self.revision
+        save_config(self.cfg, self.model.config_file)
+
+
+def train_model(model: ModelDir, cfg: TrainConfig, control: TrainControl | None = None,
+                resume: bool = False) -> TrainResult:
+    return Trainer(model, cfg, control, resume).run()

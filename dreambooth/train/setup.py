@@ -1,0 +1,72 @@
+"""Everything a run needs before the first step: device and precision, models, data, optimizer, schedule."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import TrainConfig
+from ..store import ModelDir
+
+
+def resolve_precision(requested: str, device_type: str, log: Callable[[str], None]) -> str:
+    """The mixed precision the device can really do; says so when it differs from the request."""
+    import torch
+
+    if requested == "no":
+        return "no"
+    if device_type == "cpu" and requested == "fp16":
+        log("mixed_precision fp16 is not supported on the CPU: training in fp32 (bf16 works on a CPU)")
+        return "no"
+    if device_type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
+        log("mixed_precision bf16 is not supported by this GPU: using fp16")
+        return "fp16"
+    return requested
+
+
+def make_accelerator(cfg: TrainConfig, log: Callable[[str], None]):
+    """Device placement, mixed precision and (under `accelerate launch`) distributed training."""
+    import torch
+    from accelerate import Accelerator
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.mixed_precision, device_type, log)
+    # Gradient accumulation is done by the loop itself so that an epoch's last, shorter group still
+    # makes an optimizer step (the interval plan counts on it).
+    return Accelerator(mixed_precision=precision, cpu=device_type == "cpu")
+
+
+def pick_seed(seed: int) -> int:
+    return seed if seed >= 0 else random.randrange(2**31)
+
+
+@dataclass
+class Models:
+    unet: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    scheduler_config: dict
+
+
+def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
+    from ..convert.diffusers_io import load_components
+
+    unet, vae, text_encoder, tokenizer, scheduler_config = load_components(model.working)
+    for frozen in (vae, text_encoder):
+        frozen.requires_grad_(False)
+        frozen.eval()
+        frozen.to(device)
+    unet.to(device)
+    unet.train()
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config))
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled item order of one epoch; a function of (seed, epoch) so a resume sees the same order."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()

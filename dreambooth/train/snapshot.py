@@ -1,0 +1,71 @@
+"""Resume snapshots: `checkpoints/checkpoint-<revision>/` with everything needed to continue exactly.
+
+Contents: the trained UNet weights, optimizer and LR-scheduler state, the noise generator's state and a
+small JSON of counters. Written as a whole directory (atomic); loaded without unpickling code.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..errors import DreamboothError
+from ..fsutil import atomic_dir
+
+PREFIX = "checkpoint-"
+STATE_FILE = "state.json"
+
+
+def list_snapshots(folder: Path) -> list[Path]:
+    """Complete snapshots, oldest first (by revision)."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir()
+             if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+             and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_snapshot(folder: Path) -> Path | None:
+    snapshots = list_snapshots(folder)
+    return snapshots[-1] if snapshots else None
+
+
+def save_snapshot(folder: Path, revision: int, trained: dict, optimizer, lr_scheduler, generator,
+                  state: dict, keep: int) -> Path:
+    """Write one snapshot, then delete all but the newest `keep` (at least this one stays)."""
+    import torch
+    from safetensors.torch import save_file
+
+    target = folder / f"{PREFIX}{revision}"
+    with atomic_dir(target) as tmp:
+        for name, module in trained.items():
+            tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(tensors, str(tmp / f"{name}.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"generator": generator.get_state()}, tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(dict(state, revision=revision), indent=2), encoding="utf-8")
+    for old in list_snapshots(folder)[:-max(1, keep)]:
+        shutil.rmtree(old)
+    return target
+
+
+def load_snapshot(path: Path) -> dict:
+    """The snapshot's parts: weights per module, optimizer/scheduler/generator state, counters."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        weights = {p.stem: load_file(str(p)) for p in path.glob("*.safetensors")}
+        return {
+            "state": state,
+            "weights": weights,
+            "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
+            "scheduler": torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True),
+            "generator": torch.load(path / "rng.pt", map_location="cpu", weights_only=True)["generator"],
+        }
+    except (OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as error:
+        raise DreamboothError(f"snapshot {path} cannot be read ({error}); delete it or train without --resume") \
+            from None

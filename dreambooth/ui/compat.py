@@ -1,0 +1,82 @@
+"""Every difference between gradio 3.41 (A1111, SD.Next), 4.x (Forge) and 5/6 (standalone) lives here.
+
+Measured differences (host-webui.md §10): `_js` vs `js`, `queue()` kwargs, `every=` vs `gr.Timer`,
+`show_copy_button`, css/theme moving to launch(), `allowed_paths`. Everything else used by the tab is
+portable as is.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+GRADIO_VERSION = gr.__version__
+GRADIO_MAJOR = int(GRADIO_VERSION.split(".")[0])
+
+
+def event(trigger, fn, inputs=None, outputs=None, js: str | None = None, **kwargs):
+    """`button.click(fn, inputs, outputs, js=...)` with the keyword this gradio knows."""
+    if js is not None:
+        kwargs["_js" if GRADIO_MAJOR < 4 else "js"] = js
+    return trigger(fn, inputs=inputs, outputs=outputs, **kwargs)
+
+
+def poll(blocks, fn, outputs, seconds: float, inputs=None):
+    """Call `fn` every `seconds` while the page is open: gr.Timer (4+) or a load event with every= (3.x)."""
+    if GRADIO_MAJOR >= 4 and hasattr(gr, "Timer"):
+        timer = gr.Timer(seconds)
+        return timer.tick(fn, inputs=inputs, outputs=outputs, show_progress="hidden", queue=False)
+    return blocks.load(fn, inputs=inputs, outputs=outputs, every=seconds, show_progress=False)
+
+
+def no_progress() -> dict:
+    """Event kwargs that hide the progress overlay."""
+    return {"show_progress": "hidden" if GRADIO_MAJOR >= 4 else False}
+
+
+def textbox_kwargs(copy_button: bool = False) -> dict:
+    if not copy_button:
+        return {}
+    if GRADIO_MAJOR >= 6:
+        return {"buttons": ["copy"]}
+    return {"show_copy_button": True}
+
+
+def enable_queue(blocks, concurrency: int = 4):
+    if GRADIO_MAJOR < 4:
+        return blocks.queue(concurrency_count=concurrency)
+    return blocks.queue(default_concurrency_limit=concurrency)
+
+
+def blocks(css: str | None = None, title: str | None = None, standalone: bool = False):
+    """A gr.Blocks; css only standalone and only where gradio takes it in the constructor (< 6)."""
+    kwargs = {"analytics_enabled": False}
+    if standalone:
+        if title:
+            kwargs["title"] = title
+        if css and GRADIO_MAJOR < 6:
+            kwargs["css"] = css
+    return gr.Blocks(**kwargs)
+
+
+def launch(blocks, host: str, port: int, css: str | None = None, allowed_paths=None,
+           prevent_thread_lock: bool = False):
+    kwargs = dict(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,
+                  show_error=True, allowed_paths=[str(p) for p in (allowed_paths or [])])
+    if GRADIO_MAJOR >= 6 and css:
+        kwargs["css"] = css
+    if GRADIO_MAJOR < 4:
+        kwargs["show_api"] = False
+    if GRADIO_MAJOR >= 5:
+        kwargs["ssr_mode"] = False  # no node server: plain Python serving, offline
+    return blocks.launch(**kwargs)
+
+
+def served_app(blocks):
+    """The FastAPI app a launched Blocks serves (3.x serves `server_app`, not `blocks.app`)."""
+    return getattr(blocks, "server_app", None) or blocks.app
+
+
+def gallery(**kwargs):
+    """A read-only image gallery."""
+    if GRADIO_MAJOR >= 4:
+        kwargs.setdefault("interactive", False)
+    return gr.Gallery(**kwargs)

@@ -1,0 +1,289 @@
+"""What the tab's buttons do, as plain functions over dicts (no gradio here, so they are unit-tested).
+
+Widget values arrive as {field name: value}; concept editor values as {"concept<i>.<field>": value}.
+Every function returns a message for the log; DreamboothError carries bad-input messages and the
+tab shows them (tab.py wraps each handler).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import actions, host
+from ..config import TrainConfig
+from ..errors import DreamboothError
+from ..jobs import check_concepts, runner
+from ..registry import CONCEPT_FIELDS, FIELDS
+
+MAX_CONCEPTS = 4
+# Fields the tab shows as widgets (hidden bookkeeping and the concepts list have their own place).
+WIDGET_FIELDS = tuple(f for f in FIELDS if not f.hidden and f.name != "concepts_list")
+
+
+def concept_key(index: int, name: str) -> str:
+    return f"concept{index}.{name}"
+
+
+def _require_model(model: str | None) -> str:
+    if not (model or "").strip():
+        raise DreamboothError("no model selected: pick one in Model (or create one in the Create tab)",
+                              field="model_name")
+    return model.strip()
+
+
+def _concept_has_content(index: int, values: dict) -> bool:
+    return bool(str(values.get(concept_key(index, "instance_data_dir"), "") or "").strip())
+
+
+def values_to_config(model: str, values: dict) -> TrainConfig:
+    """A TrainConfig from widget values, on top of the model's saved bookkeeping (type, source, revision)."""
+    cfg = TrainConfig()
+    try:
+        saved, _ = actions.load_params(model)
+        for field in FIELDS:
+            if field.hidden:
+                cfg.set(field.name, getattr(saved, field.name))
+        cfg.extras.update(saved.extras)
+    except DreamboothError:
+        pass  # a model without saved params: defaults for the bookkeeping
+    for field in WIDGET_FIELDS:
+        if field.name in values:
+            raw = values[field.name]
+            if raw is None or (isinstance(raw, str) and field.kind is not str and not raw.strip()):
+                raise DreamboothError(f"{field.name} ({field.label}) is empty: expected {field.describe_range()}",
+                                      field=field.name)
+            cfg.set(field.name, raw)
+    concepts = []
+    for index in range(MAX_CONCEPTS):
+        if not _concept_has_content(index, values):
+            continue
+        concept = {}
+        for field in CONCEPT_FIELDS:
+            key = concept_key(index, field.name)
+            if key in values and values[key] is not None:
+                concept[field.name] = values[key]
+        concepts.append(concept)
+    cfg.set("concepts_list", concepts)
+    return cfg
+
+
+def config_to_values(cfg: TrainConfig) -> tuple[dict, list[str]]:
+    """Widget values for a config (concepts beyond the 4 editors stay in the file; a warning says so)."""
+    values = {f.name: getattr(cfg, f.name) for f in WIDGET_FIELDS}
+    warnings = []
+    concepts = list(cfg.concepts_list)
+    if len(concepts) > MAX_CONCEPTS:
+        warnings.append(f"the model has {len(concepts)} concepts; the editors show the first {MAX_CONCEPTS}: "
+                        "use a concepts JSON to train all of them")
+    for index in range(MAX_CONCEPTS):
+        data = concepts[index] if index < len(concepts) else {}
+        for field in CONCEPT_FIELDS:
+            values[concept_key(index, field.name)] = data.get(field.name, field.default)
+    return values, warnings
+
+
+def default_values() -> dict:
+    return config_to_values(TrainConfig())[0]
+
+
+# buttons ------------------------------------------------------------------------------------------
+def save_params(model: str, values: dict) -> str:
+    model = _require_model(model)
+    cfg = values_to_config(model, values)
+    path = actions.save_params(model, cfg)
+    return f"params of '{model}' saved to {path}"
+
+
+def load_params(model: str) -> tuple[dict, str]:
+    model = _require_model(model)
+    cfg, warnings = actions.load_params(model)
+    values, more = config_to_values(cfg)
+    lines = [f"params of '{model}' loaded (model type {cfg.model_type}, revision {cfg.revision}, "
+             f"epoch {cfg.epoch})"] + [f"warning: {w}" for w in warnings + more]
+    return values, "\n".join(lines)
+
+
+def model_info(model: str | None) -> str:
+    if not (model or "").strip():
+        return "no model selected"
+    try:
+        cfg, _ = actions.load_params(model)
+    except DreamboothError as error:
+        return str(error)
+    return (f"type {cfg.model_type} · revision {cfg.revision} · epoch {cfg.epoch} · "
+            f"source {Path(cfg.src).name if cfg.src else '-'}")
+
+
+def create_model(name: str, source: str) -> str:
+    name = (name or "").strip()
+    if not (source or "").strip():
+        raise DreamboothError("no source checkpoint chosen: pick one in Source checkpoint", field="source")
+    lines = []
+
+    def progress(message: str) -> None:
+        lines.append(message)
+        runner().note(message)
+
+    with runner().exclusive("create", name or "?"):
+        actions.create_model(name, source, progress=progress)
+    if Path(str(source)).name == actions.EMBEDDED_CHECKPOINT:
+        _apply_demo_settings(name)
+        return (f"model '{name}' created from the embedded tiny demo checkpoint, with demo images as "
+                "Concept 1 and CPU-friendly settings: press Train")
+    return f"model '{name}' created: set concepts and params, Save Params, then Train"
+
+
+def _apply_demo_settings(name: str) -> None:
+    """A model made from the embedded demo checkpoint gets the demo's concept and small settings."""
+    from ..demo import DEMO_SETTINGS
+
+    cfg, _ = actions.load_params(name)
+    for key, value in DEMO_SETTINGS.items():
+        cfg.set(key, value)
+    cfg.set("concepts_list", [{"instance_data_dir": str(actions.demo_instance_dir()),
+                               "instance_prompt": "a photo of sks toy", "n_save_sample": 1, "sample_seed": 7,
+                               "save_infer_steps": 10}])
+    actions.save_params(name, cfg)
+
+
+def train(model: str, values: dict, resume: bool = False) -> str:
+    model = _require_model(model)
+    if runner().busy():
+        job = runner().current()
+        raise DreamboothError(f"a job is already running ({job.kind} of '{job.model_name}'): "
+                              "wait for it or press Cancel", field="job")
+    cfg = values_to_config(model, values)
+    count = check_concepts(cfg)
+    runner().start_training(model, cfg, resume=resume)
+    return f"training '{model}' started: {count} instance image(s), {cfg.num_train_epochs} epoch(s)"
+
+
+def cancel() -> str:
+    return runner().cancel()
+
+
+def generate_samples(model: str, values: dict) -> tuple[list[str], str]:
+    message = runner().request_samples()
+    if message is not None:
+        return [], message
+    model = _require_model(model)
+    cfg = values_to_config(model, values)
+    check_concepts(cfg)
+    with runner().exclusive("samples", model) as job:
+        paths = actions.generate_samples(model, cfg, job.control)
+        job.control.update(samples=[str(p) for p in paths])
+    return [str(p) for p in paths], f"{len(paths)} sample(s) generated for '{model}'"
+
+
+def generate_ckpt(model: str) -> str:
+    message = runner().request_save()
+    if message is not None:
+        return message
+    model = _require_model(model)
+    with runner().exclusive("checkpoint", model) as job:
+        path = actions.generate_ckpt(model)
+        job.control.update(checkpoints=[str(path)])
+    host.refresh_checkpoints()
+    runner().note(f"checkpoint written: {path}")
+    return f"checkpoint written: {path} (select it in txt2img)"
+
+
+def detect_vram_gb() -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 1024**3
+
+
+def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
+    """Performance Wizard: CUDA VRAM (or the number the user entered), the concepts' image count."""
+    import importlib.util
+
+    from ..wizard import recommend
+
+    vram = detect_vram_gb()
+    source = "CUDA device"
+    if vram is None:
+        source = "entered (no CUDA device)"
+        vram = float(vram_from_user or 0)
+    model_type = "v1x"
+    if (model or "").strip():
+        try:
+            model_type = actions.load_params(model)[0].model_type
+        except DreamboothError:
+            pass
+    cfg = values_to_config(model, values) if (model or "").strip() else _config_from_values(values)
+    count = check_concepts(cfg)
+    bnb = importlib.util.find_spec("bitsandbytes") is not None and vram > 0
+    xformers = importlib.util.find_spec("xformers") is not None
+    changes, reasons = recommend(vram, count, model_type, bnb, xformers)
+    lines = [f"Performance Wizard: {vram:g} GB VRAM ({source}), {count} image(s), {model_type}"]
+    lines += [f"  {reason}" for reason in reasons]
+    lines.append("review the values, then Save Params")
+    return changes, "\n".join(lines)
+
+
+def _config_from_values(values: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    concepts = [{f.name: values[concept_key(i, f.name)] for f in CONCEPT_FIELDS if concept_key(i, f.name) in values}
+                for i in range(MAX_CONCEPTS) if _concept_has_content(i, values)]
+    cfg.set("concepts_list", concepts)
+    for name in ("use_concepts", "concepts_path"):
+        if name in values:
+            cfg.set(name, values[name])
+    return cfg
+
+
+def source_choices() -> list[str]:
+    """Source checkpoints as names relative to the checkpoint folder (full paths for others)."""
+    base = host.checkpoint_dir()
+    names = []
+    for path in actions.list_source_checkpoints():
+        path = Path(path)
+        try:
+            names.append(str(path.resolve().relative_to(base.resolve())))
+        except ValueError:
+            names.append(str(path))
+    return names
+
+
+def model_choices() -> list[str]:
+    from ..store import list_models
+
+    return list_models()
+
+
+def status_text(status) -> str:
+    """One readable block: state, epoch/step, loss, lr, it/s, ETA, memory."""
+    if status.state == "idle" and not status.model_name:
+        return "idle"
+    parts = [f"{status.state}: {status.model_name}"]
+    if status.total_epochs or status.epoch:
+        parts.append(f"epoch {status.epoch}/{status.total_epochs}")
+    if status.total_steps or status.step:
+        parts.append(f"step {status.step}/{status.total_steps}")
+    if status.loss is not None:
+        parts.append(f"loss {status.loss:.4f}")
+    if status.lr is not None:
+        parts.append(f"lr {status.lr:.2e}")
+    if status.it_per_s is not None:
+        parts.append(f"{status.it_per_s:.2f} it/s")
+    if status.eta_s is not None and status.state == "training":
+        parts.append(f"ETA {int(status.eta_s) // 60}:{int(status.eta_s) % 60:02d}")
+    if status.memory_mb is not None:
+        parts.append(f"memory {status.memory_mb:.0f} MB")
+    text = " · ".join(parts)
+    if status.message and status.state in ("failed",):
+        text += f"\n{status.message}"
+    return text
+
+
+def poll() -> dict:
+    """Everything the live panel shows, as plain data."""
+    status = runner().status()
+    return {"status": status_text(status), "samples": [p for p in status.samples if os.path.exists(p)],
+            "charts": [p for p in status.charts if os.path.exists(p)],
+            "log": "\n".join(runner().log_lines()[-200:]), "busy": runner().busy()}

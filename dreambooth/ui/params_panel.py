@@ -1,0 +1,39 @@
+"""Widgets built from the registry: one per field, the field's help as the hint, grouped by section."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..registry import Field
+from .handlers import WIDGET_FIELDS
+
+# Sections shown in the Parameters sub-tab, in this order; "Concepts" fields live in the Concepts sub-tab.
+PARAM_GROUPS = ("Intervals", "Batching", "Learning Rate", "Image Processing", "Saving")
+
+
+def field_widget(field: Field, elem_id: str):
+    """The widget for one registry field; its label says the field and its help is the hint."""
+    common = dict(label=field.label, info=f"{field.help} [{field.name}]", elem_id=elem_id,
+                  elem_classes=["db-field"])
+    if field.kind is bool:
+        return gr.Checkbox(value=field.default, **common)
+    if field.choices:
+        return gr.Dropdown(choices=list(field.choices), value=field.default, **common)
+    if field.kind is int:
+        return gr.Number(value=field.default, precision=0, **common)
+    if field.kind is float:
+        return gr.Number(value=field.default, **common)
+    lines = 3 if field.name in ("concepts_path",) or "prompt" in field.name else 1
+    return gr.Textbox(value=field.default, lines=lines, **common)
+
+
+def build_params_panel() -> dict:
+    """Accordions per registry group; returns {field name: component}."""
+    widgets = {}
+    for index, group in enumerate(PARAM_GROUPS):
+        fields = [f for f in WIDGET_FIELDS if f.group == group]
+        with gr.Accordion(group, open=index < 2, elem_id=f"db_group_{group.lower().replace(' ', '_')}"):
+            for start in range(0, len(fields), 2):
+                with gr.Row():
+                    for field in fields[start:start + 2]:
+                        widgets[field.name] = field_widget(field, f"db_{field.name}")
+    return widgets

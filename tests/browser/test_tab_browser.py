@@ -1,0 +1,128 @@
+"""The tab in headless Chromium against the standalone server (this interpreter's gradio):
+bad input shown, Create from the embedded tiny checkpoint, Load Params, 2 epochs, Train, a sample and a
+chart appear, Generate Ckpt, the file is listed. Screenshots go to tests/artifacts/<gradio version>/."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("DREAMBOOTH_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"Chromium not installed at {CHROMIUM} (apt-get install -y chromium)")
+REPO = Path(__file__).resolve().parents[2]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+        "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    models = tmp_path_factory.mktemp("browser") / "models"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(models.parent / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", "from dreambooth.ui.server import serve; "
+                             f"serve(port={port}, models_dir={str(models)!r})"],
+                            cwd=str(models.parent), env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/dreambooth/status", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise AssertionError("server did not start:\n" + (models.parent / "server.log").read_text())
+            time.sleep(0.3)
+    yield url, models
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def text_of(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+
+def wait_text(page, elem_id: str, needle: str, timeout: float = 180.0) -> str:
+    deadline = time.time() + timeout
+    before = text_of(page, elem_id)
+    while time.time() < deadline:
+        value = text_of(page, elem_id)
+        if needle in value:
+            return value
+        if value.startswith("error:") and value != before and elem_id == "db_message":
+            raise AssertionError(value)
+        time.sleep(0.2)
+    raise AssertionError(f"#{elem_id} never showed {needle!r}; it shows {text_of(page, elem_id)!r}")
+
+
+def test_create_train_ckpt_in_browser(server):
+    import gradio
+    from playwright.sync_api import sync_playwright
+
+    url, models = server
+    shots = REPO / "tests" / "artifacts" / gradio.__version__
+    shots.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.locator("#db_train").wait_for(timeout=60_000)
+
+        page.locator("#db_train").click()  # bad input: no model selected
+        wait_text(page, "db_message", "no model selected", 30)
+        page.screenshot(path=str(shots / "01_tab_no_model.png"), full_page=True)
+
+        page.locator("#db_new_name textarea, #db_new_name input").first.fill("demo")
+        page.locator("#db_create").click()
+        wait_text(page, "db_message", "created", 180)
+        page.locator("#db_load").click()
+        wait_text(page, "db_message", "params of 'demo' loaded", 60)
+
+        page.locator("button", has_text="Parameters").first.click()
+        epochs = page.locator("#db_num_train_epochs input").first
+        epochs.fill("2")
+        epochs.press("Tab")
+        page.locator("button", has_text="Concepts").first.click()
+        assert "dreambooth_demo_images" in text_of(page, "db_concept0_instance_data_dir")
+        page.screenshot(path=str(shots / "02_concepts.png"), full_page=True)
+
+        page.locator("#db_train").click()
+        wait_text(page, "db_message", "training 'demo' started", 60)
+        status = wait_text(page, "db_status", "done", 300)
+        assert "epoch 2/2" in status, status
+        page.locator("#db_samples img").first.wait_for(timeout=60_000)
+        page.locator("#db_charts img").first.wait_for(timeout=60_000)
+        assert "training 'demo' done" in text_of(page, "db_log")
+        page.screenshot(path=str(shots / "03_trained.png"), full_page=True)
+
+        page.locator("#db_ckpt").click()
+        message = wait_text(page, "db_message", "checkpoint written", 120)
+        path = Path(message.split("checkpoint written: ")[1].split(" (")[0])
+        assert path.is_file() and path.parent == models / "Stable-diffusion"
+        page.locator("#db_refresh_sources").click()
+        page.locator("button", has_text="Create").first.click()
+        page.locator("#db_source input").first.click()
+        page.locator("ul.options li", has_text=path.name).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(shots / "04_ckpt_listed.png"), full_page=True)
+        browser.close()
+    sources = json.load(urllib.request.urlopen(url + "/dreambooth/sources"))["sources"]
+    assert str(path) in sources
+    print(f"\nbrowser flow on gradio {gradio.__version__}: {time.time() - started:.1f} s; screenshots in {shots}")

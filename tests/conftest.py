@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated models root, the embedded tiny checkpoint and demo images (built once)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    from dreambooth.tiny import write_tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("sources") / "tiny.safetensors"
+    write_tiny_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory):
+    from dreambooth.tiny import write_demo_images
+
+    folder = tmp_path_factory.mktemp("demo_images")
+    write_demo_images(folder)
+    return folder
+
+
+@pytest.fixture
+def models_root(tmp_path, monkeypatch):
+    root = tmp_path / "models"
+    monkeypatch.setenv("DREAMBOOTH_MODELS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def tiny_model(models_root, tiny_checkpoint):
+    """A freshly created model named 'tiny' under an isolated models root."""
+    from dreambooth.actions import create_model
+
+    return create_model("tiny", tiny_checkpoint, progress=lambda message: None)
+
+
+def quick_config(instance_dir, **overrides):
+    """Settings for fast CPU tests on the tiny model."""
+    from dreambooth.config import TrainConfig
+
+    values = {
+        "num_train_epochs": 2, "save_embedding_every": 0, "save_preview_every": 0, "resolution": 64,
+        "learning_rate": 1e-4, "lr_scheduler": "constant", "mixed_precision": "no", "seed": 42,
+        "gradient_checkpointing": False,
+        "concepts_list": [{"instance_data_dir": str(instance_dir), "instance_prompt": "a photo of sks toy",
+                           "n_save_sample": 1, "sample_seed": 3, "save_infer_steps": 2}],
+    }
+    values.update(overrides)
+    return TrainConfig(values)

@@ -1,0 +1,3 @@
+import threading
+
+queue_lock = threading.Lock()

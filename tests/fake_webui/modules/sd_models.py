@@ -1,0 +1,53 @@
+"""modules.sd_models: checkpoint list, model_data, unload/send to device, as A1111 1.10 behaves."""
+import os
+import types
+
+from modules import paths_internal, shared
+
+model_path = os.path.join(paths_internal.models_path, "Stable-diffusion")
+checkpoints_list = {}
+calls = []  # ("list_models",), ("unload", model), ("to_device", model)
+
+
+class FakeModel:
+    device = "cuda"
+
+
+class CheckpointInfo:
+    def __init__(self, filename):
+        self.filename = filename
+        self.name = os.path.relpath(filename, model_path)
+        self.model_name = os.path.splitext(self.name.replace("/", "_").replace("\\", "_"))[0]
+        self.title = self.name
+        self.is_safetensors = filename.endswith(".safetensors")
+
+
+model_data = types.SimpleNamespace(sd_model=None)
+
+
+def list_models():
+    calls.append(("list_models",))
+    checkpoints_list.clear()
+    dirs = [model_path] + ([shared.cmd_opts.ckpt_dir] if shared.cmd_opts.ckpt_dir else [])
+    for folder in dirs:
+        for root, _, files in os.walk(folder):
+            for name in sorted(files):
+                if name.endswith((".safetensors", ".ckpt")):
+                    info = CheckpointInfo(os.path.join(root, name))
+                    checkpoints_list[info.title] = info
+
+
+def send_model_to_cpu(m):
+    m.device = "cpu"
+
+
+def send_model_to_device(m):
+    calls.append(("to_device", m))
+    m.device = "cuda"
+
+
+def unload_model_weights(sd_model=None, info=None):
+    model = sd_model or shared.sd_model  # A1111's gotcha: with nothing loaded this loads a model
+    calls.append(("unload", model))
+    send_model_to_cpu(model)
+    return sd_model

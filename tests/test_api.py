@@ -1,0 +1,78 @@
+"""REST routes on a bare FastAPI app: answers, 4xx JSON for bad input, host API auth honoured."""
+import base64
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from dreambooth.api import register_routes
+from dreambooth.config import TrainConfig, save_config
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMBOOTH_MODELS_DIR", str(tmp_path / "models"))
+    path = tmp_path / "models" / "dreambooth" / "m1"
+    (path / "working").mkdir(parents=True)
+    save_config(TrainConfig({"model_name": "m1"}), path / "db_config.json")
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def client(models):
+    app = FastAPI()
+    register_routes(app)
+    return TestClient(app)
+
+
+def test_status_and_models(client):
+    status = client.get("/dreambooth/status")
+    assert status.status_code == 200 and "state" in status.json() and "job" in status.json()
+    assert client.get("/dreambooth/models").json() == {"models": ["m1"]}
+    assert client.get("/dreambooth/sources").status_code == 200
+
+
+def test_params_get_set(client):
+    assert client.get("/dreambooth/params", params={"model_name": "m1"}).json()["params"]["num_train_epochs"] == 100
+    answer = client.post("/dreambooth/params", json={"model_name": "m1", "params": {"num_train_epochs": 3}})
+    assert answer.status_code == 200
+    assert client.get("/dreambooth/params?model_name=m1").json()["params"]["num_train_epochs"] == 3
+
+
+@pytest.mark.parametrize("method,path,body,code,text", [
+    ("get", "/dreambooth/params", None, 400, "model_name is missing"),
+    ("get", "/dreambooth/params?model_name=ghost", None, 404, "does not exist"),
+    ("get", "/dreambooth/params?model_name=..%2Fx", None, 400, "not allowed"),
+    ("post", "/dreambooth/params", {"model_name": "m1", "params": {"learning_rate": -1}}, 400, "learning_rate"),
+    ("post", "/dreambooth/params", {"model_name": "m1", "params": {"nope": 1}}, 400, "unknown parameter"),
+    ("post", "/dreambooth/start_training", {"model_name": "m1"}, 400, "no concepts"),
+    ("post", "/dreambooth/start_training", {"model_name": "ghost"}, 404, "does not exist"),
+    ("post", "/dreambooth/start_training",
+     {"model_name": "m1", "params": {"concepts_list": [{"instance_data_dir": "/no/such"}]}}, 400, "does not exist"),
+    ("post", "/dreambooth/create", {"model_name": "m1", "source": "x"}, 400, "already exists"),
+    ("post", "/dreambooth/checkpoint", {}, 400, "model_name"),
+])
+def test_bad_input_is_4xx_json(client, method, path, body, code, text):
+    answer = getattr(client, method)(path, json=body) if body is not None else getattr(client, method)(path)
+    assert answer.status_code == code, answer.text
+    assert text in answer.json()["error"]
+
+
+def test_invalid_json_body(client):
+    answer = client.post("/dreambooth/params", content=b"{not json", headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "JSON" in answer.json()["error"]
+
+
+def test_cancel_without_job(client):
+    assert "nothing to cancel" in client.post("/dreambooth/cancel").json()["message"]
+
+
+def test_host_api_auth(models):
+    app = FastAPI()
+    register_routes(app, api_auth="alice:secret,bob:pw")
+    client = TestClient(app)
+    assert client.get("/dreambooth/status").status_code == 401
+    bad = base64.b64encode(b"alice:wrong").decode()
+    assert client.get("/dreambooth/status", headers={"Authorization": f"Basic {bad}"}).status_code == 401
+    good = base64.b64encode(b"bob:pw").decode()
+    assert client.get("/dreambooth/models", headers={"Authorization": f"Basic {good}"}).json() == {"models": ["m1"]}

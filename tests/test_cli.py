@@ -1,0 +1,110 @@
+"""The command line: the demo end to end, and every bad input exits 2 with one line, leaving nothing behind."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dreambooth.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+def test_demo_end_to_end(tmp_path):
+    env = dict(os.environ, DREAMBOOTH_MODELS_DIR=str(tmp_path / "models"), HF_HUB_OFFLINE="1")
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "dreambooth", "demo"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    wall = time.perf_counter() - started
+    assert run.returncode == 0, run.stderr[-3000:]
+    print(f"demo wall time: {wall:.1f} s")
+    models = tmp_path / "models"
+    assert sorted(p.name for p in (models / "Stable-diffusion").glob("demo_*.safetensors"))
+    assert list((models / "dreambooth" / "demo" / "samples").glob("*.png"))
+    assert (models / "dreambooth" / "demo" / "logging" / "loss.png").is_file()
+    assert "demo finished in" in run.stdout
+
+
+def test_params_set_and_show(tiny_model, capsys):
+    assert main(["params", "tiny", "--set", "learning_rate=3e-6", "--set", 'concepts_list=[{"instance_data_dir": "/d"}]']) == 0
+    assert main(["params", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert '"learning_rate": 3e-06' in out and '"instance_data_dir": "/d"' in out
+    assert main(["params", "tiny", "--show"]) == 0
+    assert "lr_scheduler = 'constant_with_warmup'" in capsys.readouterr().out
+
+
+def test_train_and_ckpt_through_the_cli(tiny_model, demo_images, models_root, capsys):
+    assert main(["ckpt", "tiny"]) == 2  # nothing trained yet
+    assert "has not been trained yet" in capsys.readouterr().err
+    concepts = f'[{{"instance_data_dir": "{demo_images}", "instance_prompt": "sks toy", "n_save_sample": 0}}]'
+    assert main(["train", "tiny", "--set", "num_train_epochs=1", "--set", "resolution=64", "--set", "seed=1",
+                 "--set", "mixed_precision=no", "--set", f"concepts_list={concepts}"]) == 0
+    assert main(["ckpt", "tiny", "--half", "--subdir"]) == 0
+    written = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert written.parent == models_root / "Stable-diffusion" / "tiny" and written.is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(written), "pt") as f:
+        key = next(k for k in f.keys() if k.startswith("model.diffusion_model."))
+        assert str(f.get_tensor(key).dtype) == "torch.float16"
+
+
+def _bad_sources(tmp: Path, tiny_checkpoint: Path) -> dict:
+    empty = tmp / "empty.safetensors"
+    empty.write_bytes(b"")
+    text = tmp / "notes.safetensors"
+    text.write_bytes(b"hello, this is not a checkpoint at all")
+    truncated = tmp / "truncated.safetensors"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[: tiny_checkpoint.stat().st_size // 2])
+    return {"missing": tmp / "nope.safetensors", "empty": empty, "not-sd": text, "truncated": truncated}
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not-sd", "truncated"])
+def test_create_bad_sources(case, models_root, tiny_checkpoint, tmp_path, capsys):
+    source = _bad_sources(tmp_path, tiny_checkpoint)[case]
+    assert main(["create", "m", "--source", str(source)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert not (models_root / "dreambooth" / "m").exists()
+    assert not [p for p in _files(models_root) if "tmp" in p]
+
+
+def test_create_refuses_pickle_that_runs_code(models_root, tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": Exploit()}))
+    assert main(["create", "m", "--source", str(evil)]) == 2
+    assert not marker.exists()
+    assert "error:" in capsys.readouterr().err
+    assert not (models_root / "dreambooth" / "m").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["create", "../evil", "--source", "x"], "model name '../evil' is not allowed"),
+    (["train", "tiny", "--set", "num_train_epochs=0"], "num_train_epochs = 0 is out of range"),
+    (["train", "tiny", "--set", "train_batch_size=0"], "train_batch_size = 0 is out of range"),
+    (["train", "tiny", "--set", "learning_rate=-1"], "learning_rate = -1.0 is out of range"),
+    (["train", "tiny", "--set", "lr_scheduler=nope"], "lr_scheduler = 'nope' is out of range"),
+    (["train", "tiny", "--set", 'concepts_list=[{"instance_data_dir": "/no/such/dir"}]'], "does not exist"),
+    (["train", "ghost"], "model 'ghost' does not exist"),
+])
+def test_bad_input_exits_2_with_one_line(tiny_model, models_root, args, fragment, capsys):
+    before = _files(models_root)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert _files(models_root) == before  # nothing half-written

@@ -1,0 +1,245 @@
+"""The extension inside a fake WebUI (tests/fake_webui/modules), loaded the way A1111 loads it.
+
+A copy of the extension sits in `extensions/<odd folder name>/`; scripts/*.py are executed with
+spec_from_file_location(<basename>) + exec_module, the extension folder first on sys.path, cwd elsewhere.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import shutil
+import sys
+import threading
+import types
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = Path(__file__).resolve().parent / "fake_webui"
+OWNED = ("dreambooth", "modules")
+
+
+def _owned(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in OWNED)
+
+
+class Host:
+    def __init__(self, root: Path, ext: Path):
+        self.root, self.ext = root, ext
+
+    @property
+    def modules(self):
+        import modules.call_queue
+        import modules.script_callbacks
+        import modules.scripts
+        import modules.sd_models
+        import modules.shared
+
+        return modules
+
+    def load_scripts(self):
+        self.modules.scripts.load_scripts([str(self.ext)])
+
+    def create_ui(self):
+        cb = self.modules.script_callbacks
+        cb.ui_settings_callback()
+        return cb.ui_tabs_callback()
+
+    def start(self):
+        """Start-up: load scripts, build the UI, start the app. Returns (tabs, app)."""
+        from fastapi import FastAPI
+
+        self.load_scripts()
+        tabs = self.create_ui()
+        app = FastAPI()
+        self.modules.script_callbacks.app_started_callback(object(), app)
+        return tabs, app
+
+    def reload_ui(self):
+        self.modules.script_callbacks.script_unloaded_callback()
+        return self.start()
+
+
+@pytest.fixture
+def webui(tmp_path, monkeypatch):
+    root = tmp_path / "webui"
+    ext = root / "extensions" / "My Dreambooth (copy)"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("dreambooth", "scripts", "javascript"):
+        shutil.copytree(REPO / name, ext / name, ignore=ignore)
+    for name in ("preload.py", "install.py", "requirements.txt"):
+        shutil.copy2(REPO / name, ext / name)
+    (root / "models" / "Stable-diffusion").mkdir(parents=True)
+    saved = {k: sys.modules.pop(k) for k in [k for k in sys.modules if _owned(k)]}
+    monkeypatch.setenv("FAKE_WEBUI_ROOT", str(root))
+    monkeypatch.delenv("DREAMBOOTH_MODELS_DIR", raising=False)
+    monkeypatch.syspath_prepend(str(FAKE))
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    yield Host(root, ext)
+    jobs = sys.modules.get("dreambooth.jobs")
+    if jobs is not None:
+        jobs.runner().wait(10)
+    for k in [k for k in sys.modules if _owned(k)]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def _tab_ids(tabs):
+    return [(title, elem_id) for _, title, elem_id in tabs]
+
+
+def test_tab_settings_routes_and_reload_keep_a_running_job(webui):
+    torch_before = "torch" in sys.modules
+    webui.load_scripts()
+    pkg = sys.modules["dreambooth"]
+    assert Path(pkg.__file__).resolve().parent == (webui.ext / "dreambooth").resolve()
+    if not torch_before:
+        assert "torch" not in sys.modules, "loading scripts/ imported torch (WebUI start-up must stay light)"
+    tabs = webui.create_ui()
+    assert _tab_ids(tabs) == [("Dreambooth", "dreambooth_interface")]
+    elem_ids = {getattr(b, "elem_id", None) for b in tabs[0][0].blocks.values()}
+    assert {"db_train", "db_cancel"} <= elem_ids  # helper-2's real tab, not the fallback message
+    opts = webui.modules.shared.opts
+    assert "dreambooth_unload_host_model" in opts.data_labels
+    assert opts.data_labels["dreambooth_unload_host_model"].section[0] == "dreambooth"
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    webui.modules.script_callbacks.app_started_callback(object(), app)
+    paths = {getattr(r, "path", "") for r in app.routes}
+    assert any("dreambooth" in p for p in paths), paths
+    webui.modules.script_callbacks.app_started_callback(object(), app)  # a second call adds nothing
+    assert len(app.routes) == len({(getattr(r, "path", ""), tuple(sorted(getattr(r, "methods", ()) or ()))) for r in app.routes})
+
+    # a running job survives "Reload UI" twice (scripts re-executed as new module objects)
+    release = threading.Event()
+
+    def fake_train(model_name, cfg, control, resume=False):
+        control.update(state="training", epoch=1, step=3)
+        assert webui.modules.call_queue.queue_lock.locked()  # training holds the generation lock
+        release.wait(20)
+
+    jobs = sys.modules["dreambooth.jobs"]
+    job = jobs.runner().start_training("demo", types.SimpleNamespace(num_train_epochs=2), train_fn=fake_train)
+    first_script = webui.modules.scripts.loaded[0]
+    for _ in range(2):
+        tabs, app = webui.reload_ui()
+        assert webui.modules.scripts.loaded[0] is not first_script
+        assert _tab_ids(tabs) == [("Dreambooth", "dreambooth_interface")]
+        assert sys.modules["dreambooth.jobs"] is jobs
+        for _ in range(100):
+            if jobs.runner().status().state == "training":
+                break
+            threading.Event().wait(0.05)
+        status = jobs.runner().status()
+        assert (status.state, status.step, jobs.runner().current()) == ("training", 3, job)
+    release.set()
+    assert jobs.runner().wait(10)
+    assert jobs.runner().status().state == "done"
+
+
+def test_host_adapter_paths_checkpoints_lock_and_vram_guard(webui):
+    webui.load_scripts()
+    from dreambooth import host
+
+    mods = webui.modules
+    assert host.is_hosted()
+    sd_dir = (webui.root / "models" / "Stable-diffusion").resolve()
+    assert host.models_root() == (webui.root / "models").resolve()
+    assert host.dreambooth_root() == (webui.root / "models" / "dreambooth").resolve()
+    assert host.checkpoint_dir() == sd_dir
+    mods.shared.cmd_opts.dreambooth_models_path = str(webui.root / "db")
+    mods.shared.cmd_opts.ckpt_dir = str(webui.root / "ckpts")
+    assert host.dreambooth_root() == (webui.root / "db").resolve()
+    assert host.checkpoint_dir() == (webui.root / "ckpts").resolve()
+    mods.shared.cmd_opts.ckpt_dir = None
+
+    (sd_dir / "new.safetensors").write_bytes(b"x")
+    assert host.list_source_checkpoints() == []  # the host has not rescanned yet
+    host.refresh_checkpoints()
+    assert host.list_source_checkpoints() == [sd_dir / "new.safetensors"]
+
+    with host.generation_lock():
+        assert mods.call_queue.queue_lock.locked()
+    assert not mods.call_queue.queue_lock.locked()
+
+    mods.shared.cmd_opts.api_auth = "ann:secret,bob:pw"
+    assert host.host_api_auth() == "ann:secret,bob:pw"
+    assert host.check_api_auth("ann", "secret") and not host.check_api_auth("ann", "nope")
+
+    # nothing loaded: no unload, and never a lazy load through shared.sd_model
+    with host.vram_released() as unloaded:
+        assert unloaded is False
+    assert mods.shared.lazy_load_attempts == 0
+    assert not [c for c in mods.sd_models.calls if c[0] == "unload"]
+    # a loaded model goes to the CPU for the block and comes back after, even on an error
+    model = mods.sd_models.FakeModel()
+    mods.sd_models.model_data.sd_model = model
+    with pytest.raises(RuntimeError):
+        with host.vram_released() as unloaded:
+            assert unloaded and model.device == "cpu"
+            raise RuntimeError("training failed")
+    assert model.device == "cuda" and mods.shared.lazy_load_attempts == 0
+    mods.shared.opts.dreambooth_unload_host_model = False  # the setting turns it off
+    with host.vram_released() as unloaded:
+        assert unloaded is False and model.device == "cuda"
+
+
+def test_clash_with_an_older_dreambooth_package_runs_none_of_its_code(webui, tmp_path):
+    old = tmp_path / "old_ext"
+    (old / "dreambooth" / "ui").mkdir(parents=True)
+    marker = tmp_path / "old_code_ran"
+    (old / "dreambooth" / "__init__.py").write_text("")
+    (old / "dreambooth" / "ui" / "__init__.py").write_text("")
+    for name in ("tab.py", "settings.py"):
+        (old / "dreambooth" / "ui" / name).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (old / "dreambooth" / "api.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    spec = importlib.util.spec_from_file_location("dreambooth", old / "dreambooth" / "__init__.py",
+                                                  submodule_search_locations=[str(old / "dreambooth")])
+    sys.modules["dreambooth"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["dreambooth"])
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        tabs, app = webui.start()
+    lines = [line for line in err.getvalue().splitlines() if "another 'dreambooth' package" in line]
+    assert len(lines) == 1
+    assert str(old / "dreambooth") in lines[0] and str(webui.ext / "dreambooth") in lines[0]
+    assert "disable the older Dreambooth extension" in lines[0]
+    assert _tab_ids(tabs) == [("Dreambooth", "dreambooth_interface")]  # a tab that says why
+    assert not marker.exists()
+    assert not webui.modules.shared.opts.data_labels
+    assert not [r for r in app.routes if "dreambooth" in getattr(r, "path", "")]
+
+
+def test_preload_adds_the_models_path_flag_once():
+    spec = importlib.util.spec_from_file_location("preload", REPO / "preload.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = argparse.ArgumentParser()
+    module.preload(parser)
+    module.preload(parser)  # the older extension may have added it already: no conflict
+    assert parser.parse_args(["--dreambooth-models-path", "/x"]).dreambooth_models_path == "/x"
+    assert parser.parse_args([]).dreambooth_models_path is None
+
+
+def test_standalone_adapter_is_inert(tmp_path, monkeypatch):
+    from dreambooth import host
+
+    if host.is_hosted():
+        pytest.skip("a WebUI `modules.shared` is imported in this process")
+    monkeypatch.setenv("DREAMBOOTH_MODELS_DIR", str(tmp_path))
+    (tmp_path / "Stable-diffusion" / "sub").mkdir(parents=True)
+    (tmp_path / "Stable-diffusion" / "sub" / "a.ckpt").write_bytes(b"x")
+    (tmp_path / "Stable-diffusion" / "notes.txt").write_text("x")
+    assert host.list_source_checkpoints() == [tmp_path.resolve() / "Stable-diffusion" / "sub" / "a.ckpt"]
+    with host.vram_released() as unloaded, host.generation_lock():
+        assert unloaded is False
+    host.refresh_checkpoints()
+    monkeypatch.setenv("DREAMBOOTH_API_AUTH", "u:p")
+    assert host.check_api_auth("u", "p") and not host.check_api_auth("u", "x")

@@ -1,0 +1,112 @@
+"""The job runner with real tiny-model training: one job at a time, cancel mid-run, samples on request,
+host hooks around training, Generate Ckpt after it, status kept after the job ends."""
+import contextlib
+import time
+
+import pytest
+
+from dreambooth import actions, host
+from dreambooth.demo import DEMO_SETTINGS
+from dreambooth.errors import DreamboothError
+from dreambooth.jobs import runner
+from dreambooth.ui import handlers
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs") / "models"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DREAMBOOTH_MODELS_DIR", str(root))
+        source = actions.ensure_embedded_source()
+        actions.create_model("j1", source, progress=lambda message: None)
+        yield "j1"
+
+
+def config(**changes):
+    cfg, _ = actions.load_params("j1")
+    for key, value in {**DEMO_SETTINGS, **changes}.items():
+        cfg.set(key, value)
+    cfg.set("concepts_list", [{"instance_data_dir": str(actions.demo_instance_dir()),
+                               "instance_prompt": "a photo of sks toy", "n_save_sample": 1, "sample_seed": 3,
+                               "save_infer_steps": 2}])
+    return cfg
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def host_hooks(monkeypatch):
+    entered = []
+
+    def hook(name):
+        @contextlib.contextmanager
+        def manager():
+            entered.append(f"{name}+")
+            yield
+            entered.append(f"{name}-")
+        return manager
+
+    monkeypatch.setattr(host, "vram_released", hook("vram"), raising=False)
+    monkeypatch.setattr(host, "generation_lock", hook("lock"), raising=False)
+    refreshed = []
+    monkeypatch.setattr(host, "refresh_checkpoints", lambda: refreshed.append(1))
+    return entered, refreshed
+
+
+def test_train_one_job_at_a_time_then_ckpt(model, host_hooks):
+    entered, refreshed = host_hooks
+    job = runner().start_training(model, config(save_embedding_every=0))
+    with pytest.raises(DreamboothError) as refused:
+        runner().start_training(model, config())
+    assert refused.value.field == "job" and "already running" in str(refused.value)
+    with pytest.raises(DreamboothError):
+        handlers.train(model, handlers.default_values())
+    assert job.finished.wait(300)
+    status = runner().status()
+    assert status.state == "done", (status.message, status.log[-5:])
+    assert status.epoch == 2 and status.step == status.total_steps > 0
+    assert status.samples and status.charts
+    assert entered == ["vram+", "lock+", "lock-", "vram-"]
+    assert not runner().busy()
+    assert runner().status().state == "done"  # kept for the tab after the job ends (Reload UI)
+    message = handlers.generate_ckpt(model)
+    path = message.split("checkpoint written: ")[1].split(" (")[0]
+    assert path.endswith(".safetensors") and host.checkpoint_dir() in __import__("pathlib").Path(path).parents
+    assert refreshed
+    assert any(path.endswith(name) or name in path for name in handlers.source_choices())
+
+
+def test_cancel_mid_run_and_samples_on_request(model, host_hooks):
+    job = runner().start_training(model, config(num_train_epochs=200, save_preview_every=0, save_embedding_every=0))
+    wait_for(lambda: runner().status().step >= 1)
+    assert "samples requested" in handlers.generate_samples(model, handlers.default_values())[1]
+    wait_for(lambda: runner().status().samples)
+    assert "save requested" in handlers.generate_ckpt(model)
+    with pytest.raises(DreamboothError):
+        with runner().exclusive("checkpoint", model):
+            pass
+    assert "cancel requested" in handlers.cancel()
+    assert job.finished.wait(300)
+    status = runner().status()
+    assert status.state == "canceled" and status.step < status.total_steps
+    assert "nothing to cancel" in handlers.cancel()
+
+
+def test_a_crash_in_training_is_reported_and_the_runner_recovers(model):
+    def broken(name, cfg, control, resume=False):
+        control.update(state="training")
+        raise RuntimeError("CUDA error: out of memory")
+
+    job = runner().start_training(model, config(), train_fn=broken)
+    assert job.finished.wait(30)
+    status = runner().status()
+    assert status.state == "failed" and "out of memory" in status.message
+    assert any("training failed" in line for line in runner().log_lines())
+    assert not runner().busy()

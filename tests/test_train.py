@@ -1,0 +1,136 @@
+"""The trainer on the real tiny model: loss falls, intervals, resume, cancel, corrupt images, pauses."""
+import json
+
+import pytest
+import torch
+
+from conftest import quick_config
+from dreambooth.errors import DreamboothError
+from dreambooth.train.control import TrainControl
+from dreambooth.train.loop import Trainer
+from dreambooth.train.metrics import read_metrics
+from dreambooth.train.plan import TrainPlan
+from dreambooth.train.snapshot import list_snapshots
+
+
+def _unet_weights(model):
+    from safetensors.torch import load_file
+
+    return load_file(str(model.working / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_loss_falls_on_one_image_overfit(tiny_model, demo_images, tmp_path):
+    single = tmp_path / "one"
+    single.mkdir()
+    first = sorted(demo_images.glob("*.png"))[0]
+    (single / first.name).write_bytes(first.read_bytes())
+    cfg = quick_config(single, num_train_epochs=30, learning_rate=1e-3, seed=0)
+    result = Trainer(tiny_model, cfg).run()
+    losses = [row["loss"] for row in read_metrics(tiny_model.logging)]
+    assert result.steps == 30 and len(losses) == 30
+    first_mean, last_mean = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last_mean < 0.7 * first_mean, (first_mean, last_mean)
+
+
+def test_intervals_save_and_preview_each_epoch(tiny_model, demo_images, models_root):
+    cfg = quick_config(demo_images, num_train_epochs=2, save_embedding_every=1, save_preview_every=1)
+    result = Trainer(tiny_model, cfg).run()
+    images = len(list(demo_images.glob("*.png")))
+    assert result.steps == 2 * images
+    assert [p.name for p in result.checkpoints] == [f"tiny_{images}.safetensors", f"tiny_{2 * images}.safetensors"]
+    assert all(p.is_file() for p in result.checkpoints)
+    assert len(result.samples) == 2 and all(p.is_file() and p.with_suffix(".txt").is_file() for p in result.samples)
+    assert {p.name for p in result.charts} == {"loss.png", "lr.png", "memory.png"}
+    assert [p.name for p in list_snapshots(tiny_model.checkpoints)] == [f"checkpoint-{2 * images}"]  # keep 1
+    saved = json.loads(tiny_model.config_file.read_text())
+    assert saved["revision"] == 2 * images and saved["epoch"] == 2
+    rows = read_metrics(tiny_model.logging)
+    assert [r["step"] for r in rows] == list(range(1, 2 * images + 1))
+    assert all(r["memory_mb"] > 0 and r["lr"] == pytest.approx(1e-4) for r in rows)
+
+
+class CancelAtStep(TrainControl):
+    """A control whose user presses Cancel once the loop reports `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.cancel_step = step
+
+    def update(self, **changes):
+        super().update(**changes)
+        if changes.get("step", 0) >= self.cancel_step:
+            self.request_cancel()
+
+
+def test_cancel_then_resume_matches_an_uninterrupted_run(models_root, tiny_checkpoint, demo_images):
+    from dreambooth.actions import create_model
+
+    settings = dict(num_train_epochs=3, lr_scheduler="cosine", lr_warmup_steps=2, train_batch_size=2,
+                    gradient_accumulation_steps=2, save_embedding_every=0, save_state_during=False)
+    straight = create_model("straight", tiny_checkpoint, progress=lambda m: None)
+    Trainer(straight, quick_config(demo_images, **settings)).run()
+
+    resumed = create_model("resumed", tiny_checkpoint, progress=lambda m: None)
+    first = Trainer(resumed, quick_config(demo_images, **settings), CancelAtStep(3)).run()
+    assert first.state == "canceled" and first.steps == 3
+    assert len(first.checkpoints) == 1 and first.snapshots  # the cancel save ran
+    second = Trainer(resumed, quick_config(demo_images, **settings), resume=True).run()
+    images = len(list(demo_images.glob("*.png")))
+    assert second.state == "done" and second.steps == TrainPlan(images, 2, 2, 3, 0, 0).total_steps
+
+    a, b = _unet_weights(straight), _unet_weights(resumed)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    rows_a, rows_b = read_metrics(straight.logging), read_metrics(resumed.logging)
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
+    assert [r["lr"] for r in rows_b] == pytest.approx([r["lr"] for r in rows_a])
+    assert [r["loss"] for r in rows_b] == pytest.approx([r["loss"] for r in rows_a], abs=1e-5)
+
+
+def test_corrupt_image_is_skipped_with_a_warning(tiny_model, demo_images, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for png in sorted(demo_images.glob("*.png"))[:2]:
+        (folder / png.name).write_bytes(png.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    control = TrainControl()
+    result = Trainer(tiny_model, quick_config(folder, num_train_epochs=1), control).run()
+    assert result.steps == 2
+    assert any("broken.png" in line and "skipping" in line for line in control.snapshot().log)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "missing", "does not exist"),
+    (lambda tmp: tmp, "has no images"),
+])
+def test_bad_instance_folder(tiny_model, tmp_path, make, message):
+    with pytest.raises(DreamboothError, match=message):
+        Trainer(tiny_model, quick_config(make(tmp_path))).run()
+    assert not list_snapshots(tiny_model.checkpoints)
+
+
+def test_pause_between_epochs_is_logged_and_cancel_ends_it(tiny_model, demo_images):
+    control = CancelAtStep(10**9)
+    cfg = quick_config(demo_images, num_train_epochs=2, epoch_pause_frequency=1, epoch_pause_time=1)
+    Trainer(tiny_model, cfg, control).run()
+    assert any("pausing 1 s after epoch 1" in line for line in control.snapshot().log)
+
+
+def test_sample_request_during_training(tiny_model, demo_images):
+    class SampleAtStep(TrainControl):
+        def update(self, **changes):
+            super().update(**changes)
+            if changes.get("step") == 2:
+                self.request_samples()
+
+    control = SampleAtStep()
+    result = Trainer(tiny_model, quick_config(demo_images, num_train_epochs=1), control).run()
+    assert len(result.samples) == 1 and result.samples[0].name.startswith("sample_2-")
+
+
+def test_gradient_checkpointing_and_8bit_adam_train(tiny_model, demo_images):
+    pytest.importorskip("bitsandbytes")
+    cfg = quick_config(demo_images, num_train_epochs=1, gradient_checkpointing=True, optimizer="8bit AdamW")
+    before = _unet_weights(tiny_model)
+    result = Trainer(tiny_model, cfg).run()
+    after = _unet_weights(tiny_model)
+    assert result.steps > 0 and any(not torch.equal(before[k], after[k]) for k in before)
