@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading options: hand them over as they are
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.models_dir:
         os.environ["DREAMBOOTH_MODELS_DIR"] = str(Path(args.models_dir).expanduser().resolve())

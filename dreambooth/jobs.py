@@ -74,6 +74,11 @@ class JobRunner:
             return TrainStatus()
         return job.control.snapshot()
 
+    def last_kind(self) -> str | None:
+        with self._lock:
+            job = self._job or self._last
+        return None if job is None else job.kind
+
     def status_dict(self) -> dict:
         from dataclasses import asdict
 
@@ -148,7 +153,7 @@ class JobRunner:
     def exclusive(self, kind: str, model_name: str) -> Iterator[Job]:
         """Run a short job (create, checkpoint, samples) in the caller's thread, refused while busy."""
         job = self._claim(kind, model_name)
-        job.control.update(state=kind, model_name=model_name, started_at=time.time())
+        job.control.update(state="running", model_name=model_name, started_at=time.time())
         try:
             yield job
             if job.control.snapshot().state not in FINAL_STATES:

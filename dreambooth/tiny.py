@@ -57,13 +57,35 @@ def build_components(preset: str = "tiny", seed: int = 0) -> dict:
     from .convert.diffusers_io import SCHEDULER_CONFIG, build_text_encoder
 
     configs = preset_configs(preset)
-    with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(configs["unet"])
-        vae = AutoencoderKL.from_config(configs["vae"])
-        text_encoder = build_text_encoder(configs["text_encoder"])
+    unet = UNet2DConditionModel.from_config(configs["unet"])
+    vae = AutoencoderKL.from_config(configs["vae"])
+    text_encoder = build_text_encoder(configs["text_encoder"])
+    generator = torch.Generator().manual_seed(seed)
+    for module in (unet, vae, text_encoder):
+        _seeded_init(module, generator)
     return {"unet": unet.float().eval(), "vae": vae.float().eval(), "text_encoder": text_encoder.float().eval(),
             "scheduler_config": dict(SCHEDULER_CONFIG), "configs": configs}
+
+
+def _seeded_init(module, generator) -> None:
+    """Our own init, in sorted parameter-name order: the library's default init (and its RNG use) differs
+    between transformers/diffusers versions, and the same seed must give the same model on every stack."""
+    import torch
+
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name in sorted(params, key=lambda n: n.removeprefix("text_model.")):
+            tensor = params[name]
+            if "embedding" in name and tensor.ndim == 2:
+                values = torch.randn(tensor.shape, generator=generator) * 0.02  # CLIP's embedding init
+            elif tensor.ndim >= 2:
+                bound = (tensor[0].numel()) ** -0.5  # PyTorch's default bound 1/sqrt(fan_in)
+                values = (torch.rand(tensor.shape, generator=generator) * 2 - 1) * bound
+            elif name.endswith("weight"):  # norm scales
+                values = torch.ones(tensor.shape)
+            else:
+                values = torch.zeros(tensor.shape)
+            tensor.copy_(values)
 
 
 def write_tiny_checkpoint(out_path, preset: str = "tiny", seed: int = 0) -> Path:

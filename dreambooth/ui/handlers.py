@@ -256,10 +256,12 @@ def model_choices() -> list[str]:
     return list_models()
 
 
-def status_text(status) -> str:
+def status_text(status, kind: str | None = "train") -> str:
     """One readable block: state, epoch/step, loss, lr, it/s, ETA, memory."""
     if status.state == "idle" and not status.model_name:
         return "idle"
+    if kind and kind != "train":
+        return f"{kind} {status.state}: {status.model_name}"
     parts = [f"{status.state}: {status.model_name}"]
     if status.total_epochs or status.epoch:
         parts.append(f"epoch {status.epoch}/{status.total_epochs}")
@@ -284,6 +286,6 @@ def status_text(status) -> str:
 def poll() -> dict:
     """Everything the live panel shows, as plain data."""
     status = runner().status()
-    return {"status": status_text(status), "samples": [p for p in status.samples if os.path.exists(p)],
+    return {"status": status_text(status, runner().last_kind()), "samples": [p for p in status.samples if os.path.exists(p)],
             "charts": [p for p in status.charts if os.path.exists(p)],
             "log": "\n".join(runner().log_lines()[-200:]), "busy": runner().busy()}
