@@ -30,7 +30,7 @@ def _infer_unet(sd: dict, stored: dict) -> dict:
     keys = [k[len(p):] for k in sd if k.startswith(p)]
     model_channels, in_channels = _shape(sd, p + "input_blocks.0.0.weight")[:2]
     ops = _indices(keys, r"input_blocks\.(\d+)\.0\.op\.weight")
-    lpb = ops[0] - 1 if ops else max(_indices(keys, r"input_blocks\.(\d+)\.")) 
+    lpb = ops[0] - 1 if ops else max(_indices(keys, r"input_blocks\.(\d+)\."))
     levels = len(ops) + 1
     channels, down, up = [], [], []
     for i in range(levels):

@@ -72,40 +72,61 @@ def image_to_tensor(image, resolution: int):
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def encode_prompts(prompts: list[str], tokenizer, text_encoder, device):
+def tokenize(prompts: list[str], tokenizer, device):
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids.to(device)
+
+
+@dataclass
+class Batch:
+    """One micro-batch as the loop consumes it."""
+
+    latents: object  # scaled VAE latents (B, C, h, w)
+    embeddings: object  # text-encoder outputs (B, 77, D), or None when the loop must encode input_ids
+    input_ids: object  # token ids (B, 77): for text-encoder training
+    prior: object  # bool (B,): True for class images of prior preservation
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled item order of one epoch; a function of (seed, epoch) so a resume sees the same order."""
     import torch
 
-    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt").input_ids.to(device)
-    with torch.no_grad():
-        return text_encoder(tokens)[0]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
 
 
 class CachedTrainingSet:
     """Latent distributions (mean, std) per image and one text embedding per distinct caption."""
 
-    def __init__(self, items: list[TrainItem], latent_mean, latent_std, embeddings, caption_index: list[int],
-                 scaling_factor: float):
+    def __init__(self, items: list[TrainItem], latent_mean, latent_std, embeddings, input_ids,
+                 caption_index: list[int], scaling_factor: float):
         self.items = items
         self.latent_mean = latent_mean
         self.latent_std = latent_std
         self.embeddings = embeddings
+        self.input_ids = input_ids
         self.caption_index = caption_index
         self.scaling_factor = scaling_factor
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def batch(self, indices: list[int], generator):
-        """Scaled latents sampled from the cached distributions, and the matching embeddings."""
+    def epoch_batches(self, seed: int, epoch: int, batch_size: int) -> list[list[int]]:
+        """The epoch's batches of item indices, in training order."""
+        order = epoch_order(len(self), seed, epoch)
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def batch(self, indices: list[int], generator) -> Batch:
+        """Scaled latents sampled from the cached distributions, and the matching text inputs."""
         import torch
 
         mean = self.latent_mean[indices]
         std = self.latent_std[indices]
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         latents = (mean + std * noise) * self.scaling_factor
-        embeddings = self.embeddings[[self.caption_index[i] for i in indices]]
-        return latents, embeddings
+        captions = [self.caption_index[i] for i in indices]
+        return Batch(latents, self.embeddings[captions], self.input_ids[captions],
+                     torch.zeros(len(indices), dtype=torch.bool, device=mean.device))
 
 
 def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, vae, text_encoder, tokenizer,
@@ -123,7 +144,9 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
             means.append(dist.mean.float())
             stds.append(dist.std.float())
     captions = sorted({item.caption for item in items})
-    embeddings = encode_prompts(captions, tokenizer, text_encoder, device).float()
+    input_ids = tokenize(captions, tokenizer, device)
+    with torch.no_grad():
+        embeddings = text_encoder(input_ids)[0].float()
     caption_index = [captions.index(item.caption) for item in items]
-    return CachedTrainingSet(items, torch.cat(means), torch.cat(stds), embeddings, caption_index,
+    return CachedTrainingSet(items, torch.cat(means), torch.cat(stds), embeddings, input_ids, caption_index,
                              vae.config.scaling_factor)

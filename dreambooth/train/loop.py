@@ -17,7 +17,7 @@ from .control import TrainControl
 from .metrics import MetricsLog, memory_mb
 from .plan import TrainPlan, plan_from_config
 from .schedulers import build_lr_scheduler, spec_from_config
-from .setup import epoch_order, load_models, make_accelerator, pick_seed
+from .setup import load_models, make_accelerator, pick_seed
 
 LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
 
@@ -146,9 +146,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, progress) -> bool:
         """One epoch; True when a cancel request stopped it."""
-        batch_size = self.cfg.train_batch_size
-        order = epoch_order(len(self.training_set), self.seed, epoch)
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = self.training_set.epoch_batches(self.seed, epoch, self.cfg.train_batch_size)
         accumulation = self.cfg.gradient_accumulation_steps
         groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
         skip = self.skip_batches if epoch == self.start_epoch else 0
@@ -174,7 +172,8 @@ class Trainer:
             last = index == len(group) - 1
             sync = accelerator.no_sync(unet) if not last and accelerator.num_processes > 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                latents, embeddings = self.training_set.batch(indices, self.generator)
+                batch = self.training_set.batch(indices, self.generator)
+                latents, embeddings = batch.latents, batch.embeddings
                 noise = torch.randn(latents.shape, generator=self.generator, device=latents.device)
                 timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                           generator=self.generator, device=latents.device)

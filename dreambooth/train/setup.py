@@ -62,11 +62,3 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config))
-
-
-def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled item order of one epoch; a function of (seed, epoch) so a resume sees the same order."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(count, generator=generator).tolist()
