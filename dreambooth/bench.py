@@ -95,7 +95,8 @@ def worker_reference(spec: dict) -> dict:
     images = sorted(Path(spec["images"]).glob("*.png"))
     clock = StepClock(spec["warmup"], spec["steps"], _device_type())
     run_reference(components, tokenizer, images, PROMPT, steps=spec["steps"], batch=spec["batch"], lr=spec["lr"],
-                  resolution=spec["resolution"], seed=spec["seed"], on_step=clock)
+                  resolution=spec["resolution"], seed=spec["seed"], on_step=clock,
+                  gradient_checkpointing=spec["gradient_checkpointing"])
     return clock.record(spec["batch"])
 
 
@@ -104,7 +105,7 @@ def _trainer_config(spec: dict):
 
     values = {  # the trainer's defaults, at the benchmark's batch, LR, resolution and steps; nothing saved
         "train_batch_size": spec["batch"], "learning_rate": spec["lr"], "resolution": spec["resolution"],
-        "seed": spec["seed"], "save_embedding_every": 0, "save_preview_every": 0,
+        "seed": spec["seed"], "gradient_checkpointing": spec["gradient_checkpointing"], "save_embedding_every": 0, "save_preview_every": 0,
         "save_ckpt_after": False, "save_ckpt_cancel": False, "save_state_after": False, "save_state_cancel": False,
         "concepts_list": [{"instance_data_dir": spec["images"], "instance_prompt": PROMPT,
                            "n_save_sample": spec.get("samples", 0), "sample_seed": 1,
@@ -225,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=int, default=3, help="alternating reference/trainer pairs (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0 = torch's default)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="gradient checkpointing in both loops (default: off in both, as in the example script; "
+                             "the trainer's own default is on, a VRAM saver that costs time)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a trainer parameter for the trainer runs (e.g. mixed_precision=bf16)")
     parser.add_argument("--scaling", action="store_true", help="also time the trainer at 8, 64 and 512 images")
@@ -260,10 +264,12 @@ def _run(args, root: Path, log) -> int:
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else (platform.processor() or platform.machine())
     paths = prepare_workdir(root, args.preset, args.images, args.resolution, log)
     base = dict(paths, steps=args.steps, warmup=args.warmup, batch=args.batch, lr=args.lr,
-                resolution=args.resolution, seed=args.seed, threads=args.threads)
+                resolution=args.resolution, seed=args.seed, threads=args.threads,
+                gradient_checkpointing=args.gradient_checkpointing)
     load_before = os.getloadavg()
     log(f"{args.pairs} pairs of runs, {args.steps} steps each ({args.warmup} warm-up), batch {args.batch}, "
-        f"{args.resolution} px, preset {args.preset}, device {device} ({device_name}), "
+        f"{args.resolution} px, preset {args.preset}, gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'} in both, device {device} ({device_name}), "
         f"{torch.get_num_threads()} torch threads, load average {load_before[0]:.2f}")
     reference, trainer, speedups, rss_ratios = [], [], [], []
     for pair in range(args.pairs):
@@ -308,7 +314,8 @@ def _run(args, root: Path, log) -> int:
     record = {"speedup": round(speedup, 3), "rss_ratio": round(rss_ratio, 3), "device": device,
               "device_name": device_name, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
               "images": args.images, "resolution": args.resolution, "preset": args.preset, "lr": args.lr,
-              "pairs": args.pairs, "trainer_settings": args.set, "torch_threads": torch.get_num_threads(),
+              "pairs": args.pairs, "trainer_settings": args.set,
+              "gradient_checkpointing": args.gradient_checkpointing, "torch_threads": torch.get_num_threads(),
               "reference": summary["reference"], "trainer": summary["trainer"],
               "speedups": [round(s, 3) for s in speedups], "rss_ratios": [round(r, 3) for r in rss_ratios],
               "vram_ratio": None if vram_ratio is None else round(vram_ratio, 3),

@@ -66,7 +66,8 @@ def collate_fn(examples: list[dict]) -> dict:
 
 
 def run_reference(components: dict, tokenizer, image_paths: list[Path], prompt: str, *, steps: int, batch: int,
-                  lr: float, resolution: int, seed: int, on_step: Callable[[int], None]) -> float:
+                  lr: float, resolution: int, seed: int, on_step: Callable[[int], None],
+                  gradient_checkpointing: bool = False) -> float:
     """Train `steps` optimizer steps; calls `on_step(step)` after each one. Returns the last loss."""
     import torch
     import torch.nn.functional as F
@@ -80,6 +81,8 @@ def run_reference(components: dict, tokenizer, image_paths: list[Path], prompt: 
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     unet.train()
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     dataset = DreamBoothDataset(image_paths, prompt, tokenizer, resolution)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collate_fn,

@@ -22,7 +22,7 @@ LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
 )
-OPTIMIZERS = ("Torch AdamW", "8bit AdamW")
+OPTIMIZERS = ("Torch AdamW", "8bit AdamW", "Adafactor", "Lion", "8bit Lion", "Prodigy", "AdamW Dadaptation")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -123,9 +123,55 @@ _LEARNING_RATE = [
     _f("lr_scale_pos", float, 0.5, "Learning Rate", "Scale position",
        "Fraction of the run over which the linear scheduler reaches its end value.", above=0, maximum=1),
     _f("optimizer", str, "Torch AdamW", "Learning Rate", "Optimizer",
-       "Torch AdamW, or 8bit AdamW (bitsandbytes) to save optimizer memory.", choices=OPTIMIZERS),
+       "Torch AdamW; 8bit AdamW / 8bit Lion (bitsandbytes) save optimizer memory; Adafactor (transformers); "
+       "Lion (bitsandbytes); Prodigy (prodigyopt) and AdamW Dadaptation (dadaptation) adapt the learning "
+       "rate themselves: set learning_rate to 1.0 for them.", choices=OPTIMIZERS),
+    _f("txt_learning_rate", float, 1e-6, "Learning Rate", "Text encoder learning rate",
+       "Learning rate of the text encoder while it trains (see stop_text_encoder).", above=0, maximum=1),
     _f("weight_decay", float, 0.01, "Learning Rate", "Weight decay",
        "AdamW weight decay.", minimum=0, maximum=1),
+]
+
+_TRAINING = [
+    _f("stop_text_encoder", float, 0.0, "Training", "Step ratio of text encoder training",
+       "Train the text encoder for this fraction of the epochs, then freeze it (0 = never, 1 = always). "
+       "Improves likeness; costs VRAM and disables the text-embedding cache while it trains.",
+       minimum=0, maximum=1),
+    _f("clip_skip", int, 1, "Training", "Clip skip",
+       "Use the output of the N-th last text-encoder layer (2 for anime-style models).", minimum=1, maximum=12),
+    _f("prior_loss_weight", float, 0.75, "Training", "Prior loss weight",
+       "Weight of the class-image (prior preservation) loss against the instance loss.", minimum=0, maximum=10),
+    _f("offset_noise", float, 0.0, "Training", "Offset noise",
+       "Adds a per-channel constant to the noise so the model learns very dark and bright images (0.05-0.1).",
+       minimum=-1, maximum=1),
+    _f("min_snr_gamma", float, 0.0, "Training", "Min-SNR gamma",
+       "Min-SNR loss weighting (5 is typical; 0 = off): faster, steadier convergence.", minimum=0, maximum=20),
+    _f("use_ema", bool, False, "Training", "Use EMA",
+       "Keep an exponential moving average of the UNet weights (smoother results, more memory)."),
+    _f("ema_decay", float, 0.9999, "Training", "EMA decay", "Weight of the old average at each step.",
+       minimum=0, maximum=1),
+    _f("ema_on_cpu", bool, False, "Training", "Keep EMA on the CPU",
+       "Hold the EMA weights in system RAM instead of VRAM (slower steps, less VRAM)."),
+    _f("infer_ema", bool, False, "Training", "Use EMA for samples",
+       "Generate previews with the EMA weights."),
+    _f("save_ema", bool, True, "Training", "Save EMA weights",
+       "With use_ema, also write <name>_<step>_ema.safetensors holding the EMA UNet."),
+]
+
+_IMAGES = [
+    _f("cache_latents", bool, True, "Image Processing", "Cache latents",
+       "Encode every image once with the VAE instead of at every step (much faster)."),
+    _f("cache_latents_on_disk", bool, False, "Image Processing", "Cache latents on disk",
+       "Keep the latent cache in the model's cache/ folder so later runs skip encoding; "
+       "entries are invalidated when the image, resolution, bucket or VAE changes."),
+    _f("enable_buckets", bool, True, "Image Processing", "Aspect ratio buckets",
+       "Group images by aspect ratio at about resolution x resolution pixels instead of cropping squares."),
+    _f("hflip", bool, False, "Image Processing", "Apply horizontal flip",
+       "Randomly mirror images (not for asymmetric subjects such as text or faces with a parting)."),
+    _f("shuffle_tags", bool, False, "Image Processing", "Shuffle tags",
+       "Shuffle comma-separated caption tags each time an image is used (keeps keep_tags first tags)."),
+    _f("keep_tags", int, 1, "Image Processing", "Tags to keep in front",
+       "With shuffle_tags, the first N tags stay in place.", minimum=0, maximum=100),
 ]
 
 _PRECISION = [
@@ -157,6 +203,10 @@ _SAVING = [
        "Keep a snapshot of the finished run to continue it later."),
     _f("save_state_cancel", bool, True, "Saving", "Save a resume snapshot when training is canceled",
        "Keep a snapshot when Cancel stops training."),
+    _f("save_every_steps", int, 0, "Saving", "Save model every N steps",
+       "Save by steps instead of epochs (0 = use save_embedding_every).", minimum=0, maximum=10_000_000),
+    _f("preview_every_steps", int, 0, "Saving", "Preview every N steps",
+       "Preview by steps instead of epochs (0 = use save_preview_every).", minimum=0, maximum=10_000_000),
     _f("snapshots_to_keep", int, 1, "Saving", "Snapshots to keep",
        "Resume snapshots hold optimizer state (3x the UNet's size): keep only the newest N.",
        minimum=1, maximum=1000),
@@ -172,7 +222,7 @@ _CONCEPTS = [
 ]
 
 FIELDS: tuple[Field, ...] = tuple(
-    _MODEL + _INTERVALS + _BATCHING + _LEARNING_RATE + _PRECISION + _SAVING + _CONCEPTS)
+    _MODEL + _INTERVALS + _BATCHING + _LEARNING_RATE + _TRAINING + _IMAGES + _PRECISION + _SAVING + _CONCEPTS)
 
 CONCEPT_FIELDS: tuple[Field, ...] = (
     _f("instance_data_dir", str, "", "Instance", "Dataset directory",

@@ -15,7 +15,7 @@ from ..config import TrainConfig, save_config
 from ..store import ModelDir
 from .control import TrainControl
 from .metrics import MetricsLog, memory_mb
-from .plan import TrainPlan, plan_from_config
+from .plan import TrainPlan, plan_from_config, shard_groups
 from .schedulers import build_lr_scheduler, spec_from_config
 from .setup import load_models, make_accelerator, pick_seed
 
@@ -64,7 +64,7 @@ class Trainer:
         for item in self.training_set.items:
             self.first_captions.setdefault(item.concept, item.caption)
         self.concepts = concepts
-        self.plan: TrainPlan = plan_from_config(cfg, len(self.training_set))
+        self.plan: TrainPlan = plan_from_config(cfg, len(self.training_set), accelerator.num_processes)
 
         optimizer = build_optimizer(cfg.optimizer, [p for p in models.unet.parameters() if p.requires_grad],
                                     cfg.learning_rate, cfg.weight_decay)
@@ -149,6 +149,7 @@ class Trainer:
         batches = self.training_set.epoch_batches(self.seed, epoch, self.cfg.train_batch_size)
         accumulation = self.cfg.gradient_accumulation_steps
         groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
+        groups = shard_groups(groups, self.accelerator.num_processes, self.accelerator.process_index)
         skip = self.skip_batches if epoch == self.start_epoch else 0
         for group_index, group in enumerate(groups):
             if group_index * accumulation < skip:
@@ -167,6 +168,8 @@ class Trainer:
 
         accelerator, unet = self.accelerator, self.unet
         lr = self.lr_scheduler.get_last_lr()[0]
+        if accelerator.num_processes > 1:  # different noise per process, reproducible on resume from the step
+            self.generator.manual_seed((self.seed * 1_000_003 + self.global_step) * 1009 + accelerator.process_index)
         total_loss = 0.0
         for index, indices in enumerate(group):
             last = index == len(group) - 1
@@ -231,7 +234,7 @@ class Trainer:
                     unit="step", disable=not self.accelerator.is_main_process, dynamic_ncols=True)
 
     def _flush_metrics(self, progress=None) -> None:
-        rows = self.metrics.flush() if self.accelerator.is_main_process else []
+        rows = self.metrics.flush() if self.accelerator.is_main_process else self.metrics.discard()
         if not rows:
             return
         now = time.perf_counter()

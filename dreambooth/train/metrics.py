@@ -35,6 +35,11 @@ class MetricsLog:
         """Queue one step's values; `loss` may be a device tensor."""
         self._pending.append((values, loss.detach() if hasattr(loss, "detach") else loss))
 
+    def discard(self) -> list[dict]:
+        """Drop the queued rows (processes other than the main one never write the file)."""
+        self._pending.clear()
+        return []
+
     def flush(self) -> list[dict]:
         """Write the queued rows and return them with plain float losses."""
         if not self._pending:

@@ -1,12 +1,25 @@
-"""Optimizer construction. Extra packages are imported only when their optimizer is chosen."""
+"""Optimizer construction. Extra packages are imported only when their optimizer is chosen.
+
+`groups` are torch parameter groups, each with its own "lr" (UNet and text encoder train at their own rates).
+"""
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from ..errors import DreamboothError
 
 
-def build_optimizer(name: str, params, lr: float, weight_decay: float):
+def _require(module: str, package: str, optimizer: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DreamboothError(
+            f"optimizer = '{optimizer}' needs the {package} package: pip install {package}, "
+            "or choose 'Torch AdamW'", field="optimizer") from None
+
+
+def build_optimizer(name: str, groups: list[dict], weight_decay: float):
     import torch
 
     if name == "Torch AdamW":
@@ -14,13 +27,21 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float):
         # fused AdamW is much faster where torch offers it (CUDA, and CPU in recent releases)
         if "fused" in inspect.signature(torch.optim.AdamW).parameters:
             options["fused"] = True
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
-    if name == "8bit AdamW":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise DreamboothError(
-                "optimizer = '8bit AdamW' needs the bitsandbytes package: pip install bitsandbytes, "
-                "or choose 'Torch AdamW'", field="optimizer") from None
-        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, **options)
+    if name in ("8bit AdamW", "Lion", "8bit Lion"):
+        bnb = _require("bitsandbytes", "bitsandbytes", name)
+        kind = {"8bit AdamW": bnb.optim.AdamW8bit, "Lion": bnb.optim.Lion, "8bit Lion": bnb.optim.Lion8bit}[name]
+        return kind(groups, weight_decay=weight_decay)
+    if name == "Adafactor":
+        from transformers.optimization import Adafactor
+
+        # a fixed learning rate from our scheduler, not Adafactor's own relative-step schedule
+        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
+                         weight_decay=weight_decay)
+    if name == "Prodigy":
+        prodigy = _require("prodigyopt", "prodigyopt", name)
+        return prodigy.Prodigy(groups, weight_decay=weight_decay)
+    if name == "AdamW Dadaptation":
+        dadaptation = _require("dadaptation", "dadaptation", name)
+        return dadaptation.DAdaptAdam(groups, weight_decay=weight_decay, decouple=True)
     raise DreamboothError(f"optimizer = {name!r} is not supported", field="optimizer")

@@ -1,7 +1,8 @@
 """The interval plan: how many optimizer steps a run has, and after which of them to save or preview.
 
 A step is one optimizer update. An epoch shows every training item once, so
-steps per epoch = ceil(ceil(items / batch) / gradient accumulation). Saves and previews happen at the
+steps per epoch = ceil(ceil(items / batch) / gradient accumulation), divided (rounded up) among the
+processes under `accelerate launch`. Saves and previews happen at the
 end of every N-th epoch (N = 0: only at the end) and always after the last step.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ class TrainPlan:
     save_every: int
     preview_every: int
     pause_every: int = 0
+    processes: int = 1  # data-parallel processes (accelerate launch): each takes its share of the groups
 
     @property
     def batches_per_epoch(self) -> int:
@@ -26,7 +28,7 @@ class TrainPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.batches_per_epoch / self.accumulation)
+        return math.ceil(math.ceil(self.batches_per_epoch / self.accumulation) / self.processes)
 
     @property
     def total_steps(self) -> int:
@@ -52,7 +54,19 @@ class TrainPlan:
         return [e * self.steps_per_epoch for e in range(1, self.epochs + 1) if self.previews_after(e)]
 
 
-def plan_from_config(cfg, items: int) -> TrainPlan:
+def shard_groups(groups: list, processes: int, rank: int) -> list:
+    """This process's share of an epoch's step groups: every `processes`-th one, starting at `rank`.
+
+    Every process gets the same number (ceil(len / processes)); the last round wraps around to the
+    epoch's first groups, so data-parallel processes always make the same number of optimizer steps.
+    """
+    if processes <= 1 or not groups:
+        return list(groups)
+    steps = math.ceil(len(groups) / processes)
+    return [groups[(step * processes + rank) % len(groups)] for step in range(steps)]
+
+
+def plan_from_config(cfg, items: int, processes: int = 1) -> TrainPlan:
     return TrainPlan(
         items=items,
         batch_size=cfg.train_batch_size,
@@ -61,4 +75,5 @@ def plan_from_config(cfg, items: int) -> TrainPlan:
         save_every=cfg.save_embedding_every,
         preview_every=cfg.save_preview_every,
         pause_every=cfg.epoch_pause_frequency,
+        processes=processes,
     )

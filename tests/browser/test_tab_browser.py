@@ -129,11 +129,8 @@ def test_create_train_ckpt_in_browser(server):
         open_tab(page, "Create")
         page.locator("#db_refresh_sources").click()
         page.locator("#db_source input").first.click()
-        try:
-            page.locator("ul.options li", has_text=path.name).first.wait_for(timeout=30_000)
-        except Exception:
-            print(page.locator("body").inner_html()[-6000:])
-            raise
+        # the open list: ul.options (gradio 3) / ul.option-list (gradio 6), inside or beside the block
+        page.locator("ul.options li, ul.option-list li", has_text=path.name).first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / "04_ckpt_listed.png"), full_page=True)
         browser.close()
     sources = json.load(urllib.request.urlopen(url + "/dreambooth/sources"))["sources"]
