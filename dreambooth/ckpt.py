@@ -12,20 +12,21 @@ from .errors import DreamboothError
 from .store import ModelDir
 
 
-def checkpoint_path(model: ModelDir, cfg: TrainConfig, revision: int, subdir: bool | None = None) -> Path:
+def checkpoint_path(model: ModelDir, cfg: TrainConfig, revision: int, subdir: bool | None = None,
+                    suffix: str = "") -> Path:
     folder = host.checkpoint_dir()
     if cfg.use_subdir if subdir is None else subdir:
         folder = folder / model.name
-    suffix = ".safetensors" if cfg.save_safetensors else ".ckpt"
-    return folder / f"{model.name}_{revision}{suffix}"
+    extension = ".safetensors" if cfg.save_safetensors else ".ckpt"
+    return folder / f"{model.name}_{revision}{suffix}{extension}"
 
 
 def export_checkpoint(model: ModelDir, cfg: TrainConfig, revision: int, modules: dict | None = None,
-                      half: bool | None = None, subdir: bool | None = None) -> Path:
+                      half: bool | None = None, subdir: bool | None = None, suffix: str = "") -> Path:
     """Write the checkpoint from in-memory modules (during training) or from working/ (Generate Ckpt)."""
     from .convert.export import export_single_file
 
-    out = checkpoint_path(model, cfg, revision, subdir)
+    out = checkpoint_path(model, cfg, revision, subdir, suffix)
     export_single_file(modules if modules is not None else model.working, out,
                        half=cfg.half_model if half is None else half,
                        metadata={"dreambooth_model": model.name, "dreambooth_revision": str(revision)})

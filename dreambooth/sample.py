@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import Concept
 from .fsutil import atomic_path, atomic_write_text
+from .train.text import pipeline_clip_skip
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict):
 
 
 def generate_samples(pipeline, requests: list[SampleRequest], resolution: int, out_dir: Path, tag: str,
-                     device) -> list[Path]:
+                     device, clip_skip: int = 1) -> list[Path]:
     """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings."""
     import torch
 
@@ -64,7 +65,8 @@ def generate_samples(pipeline, requests: list[SampleRequest], resolution: int, o
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
             image = pipeline(request.prompt, negative_prompt=request.negative_prompt or None,
                              num_inference_steps=request.steps, guidance_scale=request.guidance,
-                             height=resolution, width=resolution, generator=generator).images[0]
+                             height=resolution, width=resolution, generator=generator,
+                             clip_skip=pipeline_clip_skip(clip_skip)).images[0]
             path = out_dir / f"sample_{tag}-{i}.png"
             with atomic_path(path) as tmp:
                 image.save(tmp, format="PNG")

@@ -25,6 +25,13 @@ def test_steps_per_epoch(items, batch, accumulation, steps_per_epoch):
     assert TrainPlan(items, batch, accumulation, 1, 0, 0).steps_per_epoch == steps_per_epoch
 
 
+def test_step_based_saves_replace_epoch_saves():
+    plan = TrainPlan(items=4, batch_size=1, accumulation=1, epochs=3, save_every=1, preview_every=0,
+                     save_every_steps=5, preview_every_steps=6)
+    assert plan.save_steps() == [5, 10, 12]  # every 5 steps, and always the last one
+    assert plan.preview_steps() == [6, 12]
+
+
 def test_pause_never_after_last_epoch():
     plan = TrainPlan(items=1, batch_size=1, accumulation=1, epochs=4, save_every=0, preview_every=0, pause_every=2)
     assert [e for e in range(1, 5) if plan.pauses_after(e)] == [2]

@@ -77,7 +77,7 @@ def build_text_encoder(config: dict):
     return CLIPTextModel(CLIPTextConfig(**config))
 
 
-def _save_text_encoder(folder: Path, text_encoder) -> None:
+def save_text_encoder(folder: Path, text_encoder) -> None:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig
 
@@ -119,7 +119,7 @@ def save_pipeline_folder(folder, unet, vae, text_encoder, tokenizer=None, schedu
     with atomic_dir(folder) as tmp:
         unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
         vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
-        _save_text_encoder(tmp / "text_encoder", text_encoder)
+        save_text_encoder(tmp / "text_encoder", text_encoder)
         if tokenizer is None:
             write_clip_tokenizer(tmp / "tokenizer")
         elif isinstance(tokenizer, (str, Path)):

@@ -12,6 +12,7 @@ from typing import Callable
 
 from ..config import Concept
 from ..errors import DreamboothError
+from ..train.text import encode_text
 from .captions import build_caption
 from .images import find_images, open_all
 
@@ -130,7 +131,7 @@ class CachedTrainingSet:
 
 
 def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, vae, text_encoder, tokenizer,
-                       device) -> CachedTrainingSet:
+                       device, clip_skip: int = 1) -> CachedTrainingSet:
     """Encode the (item, image) pairs from `collect_items` once."""
     import torch
 
@@ -146,7 +147,7 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     captions = sorted({item.caption for item in items})
     input_ids = tokenize(captions, tokenizer, device)
     with torch.no_grad():
-        embeddings = text_encoder(input_ids)[0].float()
+        embeddings = encode_text(text_encoder, input_ids, clip_skip).float()
     caption_index = [captions.index(item.caption) for item in items]
     return CachedTrainingSet(items, torch.cat(means), torch.cat(stds), embeddings, input_ids, caption_index,
                              vae.config.scaling_factor)

@@ -17,9 +17,17 @@ from .control import TrainControl
 from .metrics import MetricsLog, memory_mb
 from .plan import TrainPlan, plan_from_config, shard_groups
 from .schedulers import build_lr_scheduler, spec_from_config
-from .setup import load_models, make_accelerator, pick_seed
+from .ema import EMA
+from .setup import load_models, make_accelerator, pick_seed, set_text_encoder_trainable, text_encoder_epochs
+from .step import micro_batch_loss
 
 LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int):
+        super().__init__(f"loss became NaN or infinite at step {step}")
+        self.step = step
 
 
 @dataclass
@@ -59,18 +67,29 @@ class Trainer:
         self.device = accelerator.device
         self.models = models = load_models(self.model, self.device, cfg)
         self.training_set = build_training_set(pairs, cfg.resolution, models.vae, models.text_encoder,
-                                               models.tokenizer, self.device)
+                                               models.tokenizer, self.device, clip_skip=cfg.clip_skip)
         self.first_captions = {}
         for item in self.training_set.items:
             self.first_captions.setdefault(item.concept, item.caption)
         self.concepts = concepts
         self.plan: TrainPlan = plan_from_config(cfg, len(self.training_set), accelerator.num_processes)
 
-        optimizer = build_optimizer(cfg.optimizer, [p for p in models.unet.parameters() if p.requires_grad],
-                                    cfg.learning_rate, cfg.weight_decay)
+        self.text_encoder_epochs = text_encoder_epochs(cfg.stop_text_encoder, self.plan.epochs)
+        self.text_encoder_training = self.text_encoder_epochs > 0
+        groups = [{"params": [p for p in models.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+        if self.text_encoder_training:
+            set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
+            groups.append({"params": list(models.text_encoder.parameters()), "lr": cfg.txt_learning_rate})
+        optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
-        self.unet, self.optimizer = accelerator.prepare(models.unet, optimizer)
+        if self.text_encoder_training:
+            self.unet, self.text_encoder, self.optimizer = accelerator.prepare(models.unet, models.text_encoder,
+                                                                               optimizer)
+        else:
+            self.unet, self.optimizer = accelerator.prepare(models.unet, optimizer)
+            self.text_encoder = models.text_encoder
+        self.ema = EMA(models.unet, cfg.ema_decay, cfg.ema_on_cpu) if cfg.use_ema else None
 
         from diffusers import DDPMScheduler
 
@@ -99,6 +118,12 @@ class Trainer:
         snap = load_snapshot(path)
         state = snap["state"]
         self.accelerator.unwrap_model(self.unet).load_state_dict(snap["weights"]["unet"])
+        if "text_encoder" in snap["weights"]:
+            from ..convert.diffusers_io import load_text_encoder_weights
+
+            load_text_encoder_weights(self.models.text_encoder, snap["weights"]["text_encoder"])
+        if self.ema is not None and "ema_unet" in snap["weights"]:
+            self.ema.load_state_dict(snap["weights"]["ema_unet"])
         self.optimizer.load_state_dict(snap["optimizer"])
         self.lr_scheduler.load_state_dict(snap["scheduler"])
         self.generator.set_state(snap["generator"])
@@ -122,14 +147,18 @@ class Trainer:
         self._timer = (time.perf_counter(), self.global_step)
         progress = self._progress_bar()
         canceled = False
-        for epoch in range(self.start_epoch, self.plan.epochs):
-            canceled = self._train_epoch(epoch, progress)
-            if canceled:
-                break
-            self._epochs_done = epoch + 1
-            self._batches_done = 0
-            self.cfg.epoch += 1
-            self._end_of_epoch(epoch + 1)
+        try:
+            for epoch in range(self.start_epoch, self.plan.epochs):
+                canceled = self._train_epoch(epoch, progress)
+                if canceled:
+                    break
+                self._epochs_done = epoch + 1
+                self._batches_done = 0
+                self.cfg.epoch += 1
+                self._end_of_epoch(epoch + 1)
+        except NonFiniteLoss as stop:
+            progress.close()
+            self._stop_on_nan(stop)
         progress.close()
         self._flush_metrics()
         if canceled:
@@ -151,6 +180,10 @@ class Trainer:
         groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
         groups = shard_groups(groups, self.accelerator.num_processes, self.accelerator.process_index)
         skip = self.skip_batches if epoch == self.start_epoch else 0
+        if self.text_encoder_training and epoch >= self.text_encoder_epochs:
+            self.text_encoder_training = False
+            set_text_encoder_trainable(self.models.text_encoder, False, False)
+            self.log(f"text encoder frozen after {epoch} epoch(s) (stop_text_encoder {self.cfg.stop_text_encoder})")
         for group_index, group in enumerate(groups):
             if group_index * accumulation < skip:
                 continue
@@ -163,40 +196,67 @@ class Trainer:
         return False
 
     def _optimizer_step(self, group: list[list[int]]) -> None:
-        import torch
-        import torch.nn.functional as F
-
         accelerator, unet = self.accelerator, self.unet
         lr = self.lr_scheduler.get_last_lr()[0]
         if accelerator.num_processes > 1:  # different noise per process, reproducible on resume from the step
             self.generator.manual_seed((self.seed * 1_000_003 + self.global_step) * 1009 + accelerator.process_index)
-        total_loss = 0.0
+        total_loss = total_prior = 0.0
         for index, indices in enumerate(group):
             last = index == len(group) - 1
             sync = accelerator.no_sync(unet) if not last and accelerator.num_processes > 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                batch = self.training_set.batch(indices, self.generator)
-                latents, embeddings = batch.latents, batch.embeddings
-                noise = torch.randn(latents.shape, generator=self.generator, device=latents.device)
-                timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                                          generator=self.generator, device=latents.device)
-                noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-                if self.noise_scheduler.config.prediction_type == "v_prediction":
-                    target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-                else:
-                    target = noise
-                prediction = unet(noisy, timesteps, embeddings).sample
-                loss = F.mse_loss(prediction.float(), target.float()) / len(group)
+                loss, _, prior_part = micro_batch_loss(self, indices)
+                loss = loss / len(group)
                 accelerator.backward(loss)
             total_loss = total_loss + loss.detach()
+            total_prior = total_prior + prior_part.detach() / len(group)
+        self._watch_for_nan(total_loss)
         if self.cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(unet.parameters(), self.cfg.max_grad_norm)
+            accelerator.clip_grad_norm_(self._trained_parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=self.cfg.gradient_set_to_none)
         self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
         self.global_step += 1
         self.metrics.add(total_loss, step=self.global_step, epoch=self._epochs_done + 1, lr=lr,
-                         memory_mb=memory_mb(self.device), memory_kind=self._memory_kind())
+                         memory_mb=memory_mb(self.device), memory_kind=self._memory_kind(), prior_loss=total_prior)
+
+    def _trained_parameters(self):
+        params = list(self.unet.parameters())
+        if self.text_encoder_training:
+            params += list(self.text_encoder.parameters())
+        return params
+
+    def _watch_for_nan(self, loss) -> None:
+        """Stop before a non-finite loss reaches the weights that get saved.
+
+        On a CPU the check is free; on a GPU it waits for the device, so it runs at the logging interval
+        (weights from those few steps are discarded, never saved).
+        """
+        import torch
+
+        self._bad_loss = torch.logical_or(getattr(self, "_bad_loss", torch.zeros((), dtype=torch.bool,
+                                                                                  device=loss.device)),
+                                          ~torch.isfinite(loss))
+        if self.device.type != "cpu" and (self.global_step + 1) % LOG_EVERY:
+            return
+        if bool(self._bad_loss):
+            raise NonFiniteLoss(self.global_step + 1)
+
+    def _stop_on_nan(self, stop: NonFiniteLoss) -> None:
+        """Nothing is saved: working/, the checkpoints and the snapshots keep the last good weights."""
+        from ..errors import DreamboothError
+
+        self.metrics.discard()
+        self.control.update(state="failed", finished_at=time.time())
+        kept = self.result.checkpoints[-1] if self.result.checkpoints else "the weights from before this run"
+        advice = [f"lower learning_rate (now {self.cfg.learning_rate:g})"]
+        if self.accelerator.mixed_precision == "fp16":
+            advice.append("use mixed_precision bf16 or no instead of fp16")
+        message = f"{stop}; training stopped and nothing was saved from it. Kept: {kept}. Try: {'; '.join(advice)}"
+        self.log(message)
+        raise DreamboothError(message, field="learning_rate") from None
 
     def _memory_kind(self) -> str:
         return "VRAM" if self.device.type == "cuda" else "RAM (RSS)"
@@ -206,10 +266,11 @@ class Trainer:
         if self.global_step % LOG_EVERY == 0:
             self._flush_metrics(progress)
         control.update(step=self.global_step, epoch=epoch + 1)
-        if control.sample_requested.is_set():
+        if control.sample_requested.is_set() or self.plan.previews_at_step(self.global_step):
             control.sample_requested.clear()
+            self._flush_metrics()
             self._preview()
-        if control.save_requested.is_set():
+        if control.save_requested.is_set() or self.plan.saves_at_step(self.global_step):
             control.save_requested.clear()
             self._save("during")
 

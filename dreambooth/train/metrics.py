@@ -29,11 +29,12 @@ class MetricsLog:
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / METRICS_FILE
-        self._pending: list[tuple[dict, object]] = []
+        self._pending: list[tuple[dict, dict]] = []
 
-    def add(self, loss, **values) -> None:
-        """Queue one step's values; `loss` may be a device tensor."""
-        self._pending.append((values, loss.detach() if hasattr(loss, "detach") else loss))
+    def add(self, loss, prior_loss=0.0, **values) -> None:
+        """Queue one step's values; `loss` and `prior_loss` may be device tensors (read at flush)."""
+        measured = {"loss": loss, "prior_loss": prior_loss}
+        self._pending.append((values, {k: v.detach() if hasattr(v, "detach") else v for k, v in measured.items()}))
 
     def discard(self) -> list[dict]:
         """Drop the queued rows (processes other than the main one never write the file)."""
@@ -46,8 +47,10 @@ class MetricsLog:
             return []
         import torch
 
-        losses = torch.stack([torch.as_tensor(loss, dtype=torch.float32).cpu() for _, loss in self._pending])
-        rows = [dict(values, loss=value) for (values, _), value in zip(self._pending, losses.tolist())]
+        names = list(self._pending[0][1])
+        stacked = torch.stack([torch.stack([torch.as_tensor(measured[n], dtype=torch.float32).cpu() for n in names])
+                               for _, measured in self._pending]).tolist()  # one device sync for all rows
+        rows = [dict(values, **dict(zip(names, row))) for (values, _), row in zip(self._pending, stacked)]
         self._pending.clear()
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(row) + "\n" for row in rows))

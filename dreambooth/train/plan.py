@@ -21,6 +21,8 @@ class TrainPlan:
     preview_every: int
     pause_every: int = 0
     processes: int = 1  # data-parallel processes (accelerate launch): each takes its share of the groups
+    save_every_steps: int = 0  # > 0: save by steps instead of epochs
+    preview_every_steps: int = 0
 
     @property
     def batches_per_epoch(self) -> int:
@@ -34,24 +36,35 @@ class TrainPlan:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
 
-    def _due(self, epoch: int, every: int) -> bool:
-        return epoch == self.epochs or (every > 0 and epoch % every == 0)
+    def _due(self, epoch: int, every: int, every_steps: int) -> bool:
+        return epoch == self.epochs or (every_steps == 0 and every > 0 and epoch % every == 0)
 
     def saves_after(self, epoch: int) -> bool:
         """Whether a checkpoint and snapshot are written when `epoch` (1-based) ends."""
-        return self._due(epoch, self.save_every)
+        return self._due(epoch, self.save_every, self.save_every_steps)
 
     def previews_after(self, epoch: int) -> bool:
-        return self._due(epoch, self.preview_every)
+        return self._due(epoch, self.preview_every, self.preview_every_steps)
+
+    def saves_at_step(self, step: int) -> bool:
+        """Step-based saves (save_every_steps); the last step is saved by the end of its epoch."""
+        return self.save_every_steps > 0 and step % self.save_every_steps == 0 and step < self.total_steps
+
+    def previews_at_step(self, step: int) -> bool:
+        return self.preview_every_steps > 0 and step % self.preview_every_steps == 0 and step < self.total_steps
 
     def pauses_after(self, epoch: int) -> bool:
         return self.pause_every > 0 and epoch % self.pause_every == 0 and epoch < self.epochs
 
     def save_steps(self) -> list[int]:
-        return [e * self.steps_per_epoch for e in range(1, self.epochs + 1) if self.saves_after(e)]
+        by_epoch = {e * self.steps_per_epoch for e in range(1, self.epochs + 1) if self.saves_after(e)}
+        by_step = {s for s in range(1, self.total_steps + 1) if self.saves_at_step(s)}
+        return sorted(by_epoch | by_step)
 
     def preview_steps(self) -> list[int]:
-        return [e * self.steps_per_epoch for e in range(1, self.epochs + 1) if self.previews_after(e)]
+        by_epoch = {e * self.steps_per_epoch for e in range(1, self.epochs + 1) if self.previews_after(e)}
+        by_step = {s for s in range(1, self.total_steps + 1) if self.previews_at_step(s)}
+        return sorted(by_epoch | by_step)
 
 
 def shard_groups(groups: list, processes: int, rank: int) -> list:
@@ -76,4 +89,6 @@ def plan_from_config(cfg, items: int, processes: int = 1) -> TrainPlan:
         preview_every=cfg.save_preview_every,
         pause_every=cfg.epoch_pause_frequency,
         processes=processes,
+        save_every_steps=cfg.save_every_steps,
+        preview_every_steps=cfg.preview_every_steps,
     )

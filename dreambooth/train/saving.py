@@ -1,6 +1,7 @@
 """What a save and a preview write during training (main process only)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..fsutil import atomic_dir
@@ -12,19 +13,34 @@ def save_training_state(trainer, want_checkpoint: bool, want_snapshot: bool) -> 
     working/ is always updated so that Generate Ckpt and the next run start from the latest weights.
     """
     from ..ckpt import export_checkpoint
+    from ..convert.diffusers_io import save_text_encoder
     from .snapshot import save_snapshot
 
     unet = trainer.accelerator.unwrap_model(trainer.unet)
+    text_encoder = trainer.models.text_encoder
+    text_encoder_trained = trainer.text_encoder_epochs > 0
     with atomic_dir(trainer.model.working / "unet") as tmp:
         unet.save_pretrained(tmp)
+    if text_encoder_trained:
+        with atomic_dir(trainer.model.working / "text_encoder") as tmp:
+            save_text_encoder(tmp, text_encoder)
     trainer.save_config()
     checkpoint = snapshot = None
     if want_checkpoint:
-        modules = {"unet": unet, "vae": trainer.models.vae, "text_encoder": trainer.models.text_encoder}
+        modules = {"unet": unet, "vae": trainer.models.vae, "text_encoder": text_encoder}
         checkpoint = export_checkpoint(trainer.model, trainer.cfg, trainer.revision, modules)
         trainer.log(f"saved checkpoint {checkpoint}")
+        if trainer.ema is not None and trainer.cfg.save_ema:
+            with trainer.ema.applied():
+                ema_file = export_checkpoint(trainer.model, trainer.cfg, trainer.revision, modules, suffix="_ema")
+            trainer.log(f"saved EMA checkpoint {ema_file}")
     if want_snapshot:
-        snapshot = save_snapshot(trainer.model.checkpoints, trainer.revision, {"unet": unet}, trainer.optimizer,
+        trained = {"unet": unet}
+        if text_encoder_trained:
+            trained["text_encoder"] = text_encoder
+        if trainer.ema is not None:
+            trained["ema_unet"] = trainer.ema
+        snapshot = save_snapshot(trainer.model.checkpoints, trainer.revision, trained, trainer.optimizer,
                                  trainer.lr_scheduler, trainer.generator, trainer.snapshot_state(),
                                  trainer.cfg.snapshots_to_keep)
         trainer.log(f"saved resume snapshot {snapshot.name}")
@@ -40,8 +56,9 @@ def write_previews(trainer) -> list[Path]:
     models = trainer.models
     pipeline = build_pipeline(trainer.accelerator.unwrap_model(trainer.unet), models.vae, models.text_encoder,
                               models.tokenizer, models.scheduler_config)
-    with trainer.accelerator.autocast():
+    use_ema = trainer.ema is not None and trainer.cfg.infer_ema
+    with trainer.accelerator.autocast(), (trainer.ema.applied() if use_ema else contextlib.nullcontext()):
         written = generate_samples(pipeline, requests, trainer.cfg.resolution, trainer.model.samples,
-                                   str(trainer.revision), trainer.device)
-    trainer.log(f"saved {len(written)} sample(s) at step {trainer.global_step}")
+                                   str(trainer.revision), trainer.device, clip_skip=trainer.cfg.clip_skip)
+    trainer.log(f"saved {len(written)} sample(s) at step {trainer.global_step}" + (" (EMA weights)" if use_ema else ""))
     return written

@@ -62,3 +62,20 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config))
+
+
+def text_encoder_epochs(stop_ratio: float, epochs: int) -> int:
+    """Epochs during which the text encoder trains: the first round(epochs × ratio), at least 1 if asked."""
+    if stop_ratio <= 0:
+        return 0
+    return max(1, round(epochs * stop_ratio))
+
+
+def set_text_encoder_trainable(text_encoder, trainable: bool, checkpointing: bool) -> None:
+    text_encoder.requires_grad_(trainable)
+    text_encoder.train(trainable)
+    if not trainable:  # no gradient at all, so the optimizer leaves it alone (momentum included)
+        for param in text_encoder.parameters():
+            param.grad = None
+    if trainable and checkpointing:
+        text_encoder.gradient_checkpointing_enable()

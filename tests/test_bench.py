@@ -1,0 +1,40 @@
+"""`python -m dreambooth bench` at a tiny size: it runs both loops and writes its record. Never a timing assertion."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_writes_the_record_with_both_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dreambooth", "bench", "--preset", "tiny", "--resolution", "64", "--images", "4",
+         "--steps", "3", "--warmup", "1", "--pairs", "1", "--threads", "1", "--workdir", str(tmp_path / "work"),
+         "--out", str(out), "--scaling", "--scaling-sizes", "2,4", "--sample-steps", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line is the JSON record
+    assert last == json.loads(out.read_text())
+    for key in ("speedup", "rss_ratio", "device", "steps", "batch"):
+        assert key in last
+    assert last["device"] in ("cpu", "cuda") and last["steps"] == 3 and last["batch"] == 1
+    assert last["speedup"] > 0 and 0 < last["rss_ratio"] < 10
+    for side in ("reference", "trainer"):
+        assert last[side]["samples_per_s"] > 0 and last[side]["peak_rss_mb"] > 50
+    rows = last["scaling"]["rows"]
+    assert [row["images"] for row in rows] == [2, 4]
+    assert all(row["train_s_per_image"] > 0 and row["peak_rss_mb"] > 50 for row in rows)
+    assert all(row["sample_s_per_image"] is not None and row["sample_s_per_image"] > 0 for row in rows)
+    assert "speedup" in proc.stdout and "rss_ratio" in proc.stdout
+
+
+def test_bench_rejects_bad_step_counts(capsys):
+    from dreambooth.bench import main
+
+    assert main(["--steps", "2", "--warmup", "2"]) == 2
+    assert "--steps" in capsys.readouterr().err
