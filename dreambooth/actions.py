@@ -110,8 +110,11 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
     if not requests:
         raise DreamboothError("no samples requested: set n_save_sample to 1 or more", field="n_save_sample")
     unet, vae, text_encoder, tokenizer, scheduler_config = load_components(model.working)
-    pipeline = build_pipeline(unet, vae, text_encoder, tokenizer, dict(scheduler_config))
-    written = render(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", "cpu",
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipeline = build_pipeline(unet, vae, text_encoder, tokenizer, dict(scheduler_config)).to(device)
+    written = render(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", device,
                      clip_skip=cfg.clip_skip)
     log(f"saved {len(written)} sample(s) in {model.samples}")
     return written
