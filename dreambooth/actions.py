@@ -36,18 +36,22 @@ def resolve_source(source: str | Path) -> Path:
     return path.resolve()
 
 
-def create_model(name: str, source: str | Path, progress: Callable[[str], None] = print) -> ModelDir:
-    """Extract `source` into models/dreambooth/<name>/working with a fresh db_config.json (all or nothing)."""
-    from .convert.create import create_working
+def create_model(name: str, source: str | Path, progress: Callable[[str], None] = print,
+                 model_type: str | None = None) -> ModelDir:
+    """Extract `source` into models/dreambooth/<name>/working with a fresh db_config.json (all or nothing).
 
+    `model_type` ("v1x", "v2x-512", "v2x") overrides the detected type; the resolution starts at the
+    type's native size (768 for v2x)."""
     model = model_dir(name)
     if model.path.exists():
         raise DreamboothError(f"a model named '{model.name}' already exists: choose another name", field="model_name")
     path = resolve_source(source)
+    from .convert.create import create_working
+
     with atomic_dir(model.path) as tmp:
-        info = create_working(path, tmp / "working", progress=progress)
+        info = create_working(path, tmp / "working", progress=progress, model_type=model_type)
         cfg = TrainConfig({"model_name": model.name, "src": str(path),
-                           "model_type": info.get("model_type", "v1x")})
+                           "model_type": info.get("model_type", "v1x"), "resolution": info.get("resolution", 512)})
         save_config(cfg, tmp / "db_config.json")
     progress(f"created model '{model.name}' from {path.name} in {model.path}")
     return model

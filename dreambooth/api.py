@@ -11,6 +11,7 @@ from typing import Callable
 from .errors import DreamboothError
 
 PREFIX = "/dreambooth"
+USE_HOST_AUTH = "<host>"  # register_routes' default: the host's API auth (host.host_api_auth())
 
 
 def _status_code(error: DreamboothError) -> int:
@@ -30,13 +31,18 @@ def _parse_auth(api_auth: str | None) -> dict[str, str]:
     return users
 
 
-def register_routes(app, api_auth: str | None = None) -> None:
-    """Add the routes to `app`. `api_auth` is the host's "user:pass[,user:pass]" (None = open)."""
+def register_routes(app, api_auth: str | None = USE_HOST_AUTH) -> None:
+    """Add the routes to `app`. `api_auth`: "user:pass[,user:pass]", None = open, default = the host's
+    (WebUI --api-auth; standalone env DREAMBOOTH_API_AUTH)."""
     from fastapi import Depends, HTTPException, Request
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
     from starlette.concurrency import run_in_threadpool
 
+    if api_auth == USE_HOST_AUTH:
+        from . import host
+
+        api_auth = host.host_api_auth() if hasattr(host, "host_api_auth") else None
     users = _parse_auth(api_auth)
     basic = HTTPBasic(auto_error=False)
 

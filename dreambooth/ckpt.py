@@ -27,7 +27,7 @@ def export_checkpoint(model: ModelDir, cfg: TrainConfig, revision: int, modules:
     from .convert.export import export_single_file
 
     out = checkpoint_path(model, cfg, revision, subdir, suffix)
-    export_single_file(modules if modules is not None else model.working, out,
+    export_single_file(modules if modules is not None else model.working, out, working=model.working,
                        half=cfg.half_model if half is None else half,
                        metadata={"dreambooth_model": model.name, "dreambooth_revision": str(revision)})
     host.refresh_checkpoints()

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--source", required=True, help=".safetensors/.ckpt file, diffusers folder, or a file "
                                                         "name in models/Stable-diffusion")
+    create.add_argument("--model-type", choices=("v1x", "v2x-512", "v2x"), default=None,
+                        help="override the detected model type (v2x = SD2.x 768 v-prediction)")
 
     params = commands.add_parser("params", help="show or change a model's parameters (db_config.json)")
     params.add_argument("name")
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = commands.add_parser("tiny-checkpoint", help="write the embedded tiny SD1.x checkpoint (random weights)")
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    tiny.add_argument("--preset", choices=("tiny", "small", "tiny-v2", "tiny-v2v"), default="tiny")
     tiny.add_argument("--seed", type=int, default=0)
 
     commands.add_parser("demo", help="tiny checkpoint → create → train 2 epochs → ckpt, on any CPU")
@@ -91,7 +93,7 @@ def cmd_serve(args) -> int:
 def cmd_create(args) -> int:
     from .actions import create_model
 
-    create_model(args.name, args.source)
+    create_model(args.name, args.source, model_type=args.model_type)
     return 0
 
 

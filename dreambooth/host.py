@@ -75,10 +75,9 @@ def checkpoint_dir() -> Path:
         ckpt_dir = _cmd_opt("ckpt_dir")
         if ckpt_dir:
             return Path(ckpt_dir).expanduser().resolve()
-        with contextlib.suppress(Exception):
-            from modules import sd_models
+        from modules import sd_models
 
-            return Path(sd_models.model_path).resolve()
+        return Path(sd_models.model_path).resolve()
     return models_root() / "Stable-diffusion"
 
 
@@ -100,11 +99,10 @@ def refresh_checkpoints() -> None:
 def list_source_checkpoints() -> list[Path]:
     """Single-file checkpoints a model can be created from: the host's list, else files under checkpoint_dir()."""
     if is_hosted():
-        with contextlib.suppress(Exception):
-            from modules import sd_models
+        from modules import sd_models
 
-            files = {Path(info.filename) for info in list(sd_models.checkpoints_list.values())}
-            return sorted(files, key=lambda p: str(p).lower())
+        files = {Path(info.filename) for info in list(sd_models.checkpoints_list.values())}
+        return sorted(files, key=lambda p: str(p).lower())
     folder = checkpoint_dir()
     if not folder.is_dir():
         return []
@@ -181,11 +179,9 @@ def _restore() -> None:
 def _host_queue_lock():
     if not is_hosted():
         return None
-    with contextlib.suppress(Exception):
-        from modules import call_queue
+    from modules import call_queue
 
-        return call_queue.queue_lock
-    return None
+    return call_queue.queue_lock
 
 
 @contextlib.contextmanager
@@ -238,11 +234,9 @@ def host_option(key: str, default):
     """A WebUI setting (shared.opts.<key>, from the Dreambooth settings section); `default` standalone."""
     if not is_hosted():
         return default
-    with contextlib.suppress(Exception):
-        from modules import shared
+    from modules import shared
 
-        return getattr(shared.opts, key, default)
-    return default
+    return getattr(shared.opts, key, default)
 
 
 def _webui_models_path() -> Path | None:

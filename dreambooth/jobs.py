@@ -33,14 +33,6 @@ class Job:
     finished: threading.Event = field(default_factory=threading.Event)
 
 
-def _host_context(name: str):
-    """host.vram_released() / host.generation_lock(), or a no-op where the host adapter lacks them."""
-    from . import host
-
-    factory = getattr(host, name, None)
-    return factory() if factory is not None else contextlib.nullcontext()
-
-
 class JobRunner:
     def __init__(self):
         self._lock = threading.Lock()
@@ -122,7 +114,8 @@ class JobRunner:
             fn = train_fn or actions.train_model
             control = job.control
             try:
-                with _host_context("vram_released"), _host_context("generation_lock"):
+                # the lock first: the WebUI's model is freed only once no generation is using it
+                with host.generation_lock(), host.vram_released():
                     job.result = fn(model_name, cfg, control, resume=resume)
                 state = control.snapshot().state
                 if state not in FINAL_STATES:
@@ -141,8 +134,7 @@ class JobRunner:
             finally:
                 control.update(finished_at=time.time())
                 if control.snapshot().checkpoints:
-                    with contextlib.suppress(Exception):
-                        host.refresh_checkpoints()
+                    host.refresh_checkpoints()  # logs (never raises) when the host cannot rescan
                 self._release(job)
 
         job.thread = threading.Thread(target=body, name=f"dreambooth-train-{model_name}", daemon=True)

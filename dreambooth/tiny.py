@@ -1,5 +1,8 @@
 """The embedded default model: a tiny SD1-topology Stable Diffusion with seeded random weights.
 
+Presets: "tiny" and "small" (SD1.x-shaped), "tiny-v2" (SD2.x-shaped, epsilon) and "tiny-v2v" (SD2.x-shaped,
+v-prediction; the prediction type travels in the checkpoint's metadata).
+
 Built in code (no download) so newcomers and tests can train end to end in seconds on a CPU. It keeps
 SD1.x's block pattern and its ×8 VAE, so every converter, the WebUI and diffusers treat it like SD1.5.
 """
@@ -35,10 +38,30 @@ def _vae(channels, resolution: int) -> dict:
             "sample_size": resolution, "scaling_factor": 0.18215}
 
 
+# SD2.x-shaped: an OpenCLIP-style text encoder (exact GELU, 4x MLP, padding with "!"; its single-file form
+# carries one more, unused, residual block because SD2 conditions on the penultimate layer) and a UNet with
+# linear proj_in/proj_out and per-block head counts (32-dim heads here; SD2 itself uses 64).
+_OPENCLIP = {"vocab_size": 49408, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 3,
+             "num_attention_heads": 2, "max_position_embeddings": 77, "hidden_act": "gelu",
+             "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 0,
+             "projection_dim": 64}
+
+
+def _unet_v2(channels, resolution: int) -> dict:
+    return dict(_unet(channels, resolution), cross_attention_dim=_OPENCLIP["hidden_size"], use_linear_projection=True,
+                attention_head_dim=[max(1, c // 32) for c in channels])
+
+
 PRESETS = {
     "tiny": {"unet": _unet((32, 64, 64), 64), "vae": _vae((32, 32, 64, 64), 64), "text_encoder": dict(_CLIP)},
     "small": {"unet": _unet((64, 128, 256), 128), "vae": _vae((32, 64, 128, 128), 128), "text_encoder": dict(_CLIP)},
+    "tiny-v2": {"unet": _unet_v2((32, 64, 64), 64), "vae": _vae((32, 32, 64, 64), 64),
+                "text_encoder": dict(_OPENCLIP)},
+    "tiny-v2v": {"unet": _unet_v2((32, 64, 64), 64), "vae": _vae((32, 32, 64, 64), 64),
+                 "text_encoder": dict(_OPENCLIP)},
 }
+PRESET_RESOLUTION.update({"tiny-v2": 64, "tiny-v2v": 64})
+PRESET_PREDICTION = {"tiny-v2v": "v_prediction"}  # the others: epsilon
 
 
 def preset_configs(preset: str) -> dict:
@@ -63,8 +86,9 @@ def build_components(preset: str = "tiny", seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     for module in (unet, vae, text_encoder):
         _seeded_init(module, generator)
+    scheduler_config = dict(SCHEDULER_CONFIG, prediction_type=PRESET_PREDICTION.get(preset, "epsilon"))
     return {"unet": unet.float().eval(), "vae": vae.float().eval(), "text_encoder": text_encoder.float().eval(),
-            "scheduler_config": dict(SCHEDULER_CONFIG), "configs": configs}
+            "scheduler_config": scheduler_config, "configs": configs}
 
 
 def _seeded_init(module, generator) -> None:

@@ -67,11 +67,7 @@ def on_ui_tabs():
         return [(tab.build_tab(), TITLE, ELEM_ID)]
     except Exception as error:  # keep the WebUI alive; say what is wrong where the user looks
         log.exception("dreambooth: building the tab failed")
-        hint = ""
-        try:
-            hint = importlib.import_module("dreambooth.deps").missing_message() or ""
-        except Exception:
-            pass
+        hint = importlib.import_module("dreambooth.deps").missing_message() or ""  # stdlib-only module
         return _message_tab(f"Building the tab failed: {type(error).__name__}: {error}. {hint}".strip())
 
 

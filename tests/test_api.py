@@ -76,3 +76,13 @@ def test_host_api_auth(models):
     assert client.get("/dreambooth/status", headers={"Authorization": f"Basic {bad}"}).status_code == 401
     good = base64.b64encode(b"bob:pw").decode()
     assert client.get("/dreambooth/models", headers={"Authorization": f"Basic {good}"}).json() == {"models": ["m1"]}
+
+
+def test_standalone_auth_from_env(models, monkeypatch):
+    monkeypatch.setenv("DREAMBOOTH_API_AUTH", "carol:pw")
+    app = FastAPI()
+    register_routes(app)  # default: the host's auth (standalone: the env variable)
+    client = TestClient(app)
+    assert client.get("/dreambooth/status").status_code == 401
+    good = base64.b64encode(b"carol:pw").decode()
+    assert client.get("/dreambooth/status", headers={"Authorization": f"Basic {good}"}).status_code == 200

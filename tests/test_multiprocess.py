@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import quick_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +35,6 @@ def _launch(args, models_root, tmp_path, timeout=240):
     return proc
 
 
-@pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else (lambda f: f)
 def test_two_processes_train_save_once_and_resume_exactly(tiny_model, demo_images, models_root, tmp_path):
     from dreambooth.actions import save_params
     from dreambooth.store import model_dir
@@ -87,7 +84,8 @@ def test_shard_groups_gives_every_process_the_same_number_of_steps():
     groups = [[[i]] for i in range(7)]
     shards = [shard_groups(groups, 3, rank) for rank in range(3)]
     assert [len(s) for s in shards] == [3, 3, 3]
-    assert sorted(g[0][0] for s in shards for g in s)[:7] == list(range(7))  # all seen; 2 repeats wrap round
+    seen = [g[0][0] for s in shards for g in s]
+    assert set(seen) == set(range(7)) and len(seen) == 9  # every group seen; the last round wraps round
     assert shard_groups(groups, 1, 0) == groups
     plan = TrainPlan(items=7, batch_size=1, accumulation=1, epochs=2, save_every=0, preview_every=0, processes=3)
     assert plan.steps_per_epoch == 3 and plan.total_steps == 6

@@ -1,4 +1,4 @@
-"""Create a model's working diffusers folder from a single-file SD1.x checkpoint or a diffusers folder.
+"""Create a model's working diffusers folder from a single-file SD1.x/SD2.x checkpoint or a diffusers folder.
 
 All or nothing: the folder is assembled under a temporary name and renamed into place at the very end,
 so any error leaves no `working_dir` behind.
@@ -34,7 +34,10 @@ def _with_weights(cls, config: dict, state_dict: dict, what: str):
 
 
 def components_from_single_file(path: Path, progress: Callable[[str], None] = print):
-    """(unet, vae, text_encoder, model_type) from a .safetensors/.ckpt SD1.x checkpoint."""
+    """(unet, vae, text_encoder, family, metadata, extras) from a .safetensors/.ckpt SD1.x/SD2.x checkpoint.
+
+    family: "v1x" or "v2x-512" (shapes only); extras: SD2's unused OpenCLIP tensors (see openclip_map).
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from .checkpoint_io import load_state_dict
@@ -42,55 +45,98 @@ def components_from_single_file(path: Path, progress: Callable[[str], None] = pr
     from .diffusers_io import build_text_encoder, load_text_encoder_weights
     from .ldm_infer import infer_configs
     from .ldm_map import ldm_to_diffusers
+    from .openclip_map import openclip_to_clip, strip
 
     progress(f"reading {path.name}")
     state_dict, metadata = load_state_dict(path)
-    model_type = detect_model_type(state_dict.keys(), path.name)
+    family = detect_model_type(state_dict.keys(), path.name)
     configs = infer_configs(state_dict, metadata)
     unet_sd, vae_sd, te_sd = ldm_to_diffusers(state_dict, configs)
+    extras = {}
+    if family != "v1x":
+        layers = configs["text_encoder"]["num_hidden_layers"]
+        extras = {k: v.float() for k, v in openclip_to_clip(strip(state_dict), layers)[1].items()}
     del state_dict
     progress("converting UNet, VAE and text encoder")
     unet = _with_weights(UNet2DConditionModel, configs["unet"], {k: v.float() for k, v in unet_sd.items()}, "UNet")
     vae = _with_weights(AutoencoderKL, configs["vae"], {k: v.float() for k, v in vae_sd.items()}, "VAE")
     text_encoder = build_text_encoder(configs["text_encoder"])
     load_text_encoder_weights(text_encoder, {k: v.float() if v.is_floating_point() else v for k, v in te_sd.items()})
-    return unet, vae, text_encoder.float(), model_type
+    return unet, vae, text_encoder.float(), family, metadata, extras
 
 
-def _folder_model_type(folder: Path) -> str:
+def _folder_family(folder: Path) -> tuple[str, str]:
+    """("v1x" | "v2x-512", the scheduler's prediction type) of a diffusers folder."""
+    from .openclip_map import is_openclip_config
+
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     if "text_encoder_2" in index:
         raise DreamboothError(f"'{folder.name}' is an SDXL model: SDXL models are not supported yet", field="source")
     unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    text = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-    if unet.get("use_linear_projection") or scheduler.get("prediction_type") == "v_prediction":
-        raise DreamboothError(f"'{folder.name}' is an SD2.x model: SD2.x checkpoints are not supported yet",
-                              field="source")
-    return "v1x"
+    sd2 = unet.get("use_linear_projection") or is_openclip_config(text)
+    return ("v2x-512" if sd2 else "v1x"), scheduler.get("prediction_type", "epsilon")
 
 
-def create_working(source, working_dir, progress: Callable[[str], None] = print) -> dict:
-    """Extract `source` (SD1.x .safetensors/.ckpt, or a diffusers folder) into `working_dir` (fp32 diffusers).
+def _check_override(model_type: str | None, family: str) -> None:
+    from .v_prediction import MODEL_TYPES
 
-    Returns {"model_type", "source", "parameters": {"unet", "vae", "text_encoder"}}.
+    if model_type is None:
+        return
+    if model_type not in MODEL_TYPES:
+        raise DreamboothError(f"model type '{model_type}' is unknown: use one of {', '.join(MODEL_TYPES)}",
+                              field="model_type")
+    if (model_type == "v1x") != (family == "v1x"):
+        kind = "an SD1.x" if family == "v1x" else "an SD2.x"
+        raise DreamboothError(f"model type '{model_type}' does not fit the source, which is {kind} model: "
+                              f"leave the model type empty to detect it", field="model_type")
+
+
+def create_working(source, working_dir, progress: Callable[[str], None] = print,
+                   model_type: str | None = None) -> dict:
+    """Extract `source` (SD1.x/SD2.x .safetensors/.ckpt, or a diffusers folder) into `working_dir` (fp32 diffusers).
+
+    `model_type` ("v1x", "v2x-512", "v2x") overrides the detection (SD2's v-prediction: see v_prediction).
+    Returns {"model_type", "prediction_type", "resolution" (native size hint), "source",
+    "parameters": {"unet", "vae", "text_encoder"}}.
     """
     from .diffusers_io import SCHEDULER_CONFIG, check_folder, load_components, save_pipeline_folder
+    from .openclip_map import EXTRAS_FILE
+    from .v_prediction import (NATIVE_RESOLUTION, looks_like_v_prediction, model_type_for,
+                               prediction_type_from_metadata, prediction_type_of)
 
     source, working_dir = Path(source), Path(working_dir)
     if working_dir.exists():
         raise DreamboothError(f"'{working_dir}' already exists: pick a new model name or remove it first",
                               field="model_name")
+    extras = None
     if source.is_dir():
         check_folder(source)
-        model_type = _folder_model_type(source)
+        family, prediction = _folder_family(source)
+        _check_override(model_type, family)
         progress(f"loading diffusers folder {source.name}")
-        unet, vae, text_encoder, tokenizer, scheduler_config = load_components(source)
+        unet, vae, text_encoder, tokenizer_source, scheduler_config = load_components(source)
         unet, vae, text_encoder = unet.float(), vae.float(), text_encoder.float()
         tokenizer_source = source / "tokenizer"
+        if (source / EXTRAS_FILE).is_file():
+            from .checkpoint_io import load_state_dict
+
+            extras = load_state_dict(source / EXTRAS_FILE)[0]
     else:
-        unet, vae, text_encoder, model_type = components_from_single_file(source, progress)
+        unet, vae, text_encoder, family, metadata, extras = components_from_single_file(source, progress)
+        _check_override(model_type, family)
         tokenizer_source, scheduler_config = None, dict(SCHEDULER_CONFIG)
-    progress(f"writing {working_dir}")
-    save_pipeline_folder(working_dir, unet, vae, text_encoder, tokenizer_source, scheduler_config)
-    return {"model_type": model_type, "source": str(source),
+        prediction = prediction_type_from_metadata(metadata)
+        if prediction is None and family != "v1x" and model_type is None:
+            progress("testing the UNet for v-prediction")
+            prediction = "v_prediction" if looks_like_v_prediction(unet) else "epsilon"
+    if model_type is None:
+        model_type = model_type_for(family, prediction or "epsilon")
+    scheduler_config = dict(scheduler_config, prediction_type=prediction_type_of(model_type))
+    progress(f"model type {model_type} ({scheduler_config['prediction_type']}); writing {working_dir}")
+    save_pipeline_folder(working_dir, unet, vae, text_encoder, tokenizer_source, scheduler_config,
+                         extras=extras or None, pad_token="!" if family != "v1x" and tokenizer_source is None else None)
+    return {"model_type": model_type, "prediction_type": scheduler_config["prediction_type"],
+            "resolution": NATIVE_RESOLUTION[model_type], "source": str(source),
             "parameters": {"unet": _count(unet), "vae": _count(vae), "text_encoder": _count(text_encoder)}}

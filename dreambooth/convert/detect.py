@@ -11,7 +11,8 @@ CLIP_PREFIX = "cond_stage_model.transformer."
 
 
 def detect_model_type(keys: Iterable[str], source: str | None = None) -> str:
-    """"v1x" for an SD1.x checkpoint; DreamboothError for anything we cannot (yet) train."""
+    """"v1x" for an SD1.x checkpoint, "v2x-512" for an SD2.x one (key names cannot tell v-prediction: see
+    v_prediction, create refines it to "v2x"); DreamboothError for anything we cannot (yet) train."""
     keys = list(keys)
     name = f"'{source}'" if source else "the checkpoint"
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
@@ -19,11 +20,12 @@ def detect_model_type(keys: Iterable[str], source: str | None = None) -> str:
         raise DreamboothError(f"{name} is an SDXL checkpoint: SDXL checkpoints are not supported yet",
                               field="source")
     if has("cond_stage_model.model."):
-        raise DreamboothError(f"{name} is an SD2.x checkpoint: SD2.x checkpoints are not supported yet",
-                              field="source")
+        if has(UNET_PREFIX) and has(VAE_PREFIX):
+            return "v2x-512"
+        raise DreamboothError(f"{name} lacks the UNet or VAE: use a full SD2.x checkpoint", field="source")
     if has(UNET_PREFIX) and has(CLIP_PREFIX) and has(VAE_PREFIX):
         return "v1x"
     if has(UNET_PREFIX):
         raise DreamboothError(f"{name} lacks the VAE or text encoder: use a full SD1.x checkpoint", field="source")
     raise DreamboothError(f"{name} is not a Stable Diffusion checkpoint (no model.diffusion_model.* keys): "
-                          f"pick an SD1.x .safetensors/.ckpt", field="source")
+                          f"pick an SD1.x or SD2.x .safetensors/.ckpt", field="source")

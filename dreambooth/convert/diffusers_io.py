@@ -106,10 +106,13 @@ def model_index(scheduler_class: str = "PNDMScheduler") -> dict:
     }
 
 
-def save_pipeline_folder(folder, unet, vae, text_encoder, tokenizer=None, scheduler_config: dict | None = None) -> Path:
+def save_pipeline_folder(folder, unet, vae, text_encoder, tokenizer=None, scheduler_config: dict | None = None,
+                         extras: dict | None = None, pad_token: str | None = None) -> Path:
     """Write model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ as one atomic folder.
 
-    `tokenizer`: a folder to copy, a tokenizer object (save_pretrained), or None for the CLIP tokenizer.
+    `tokenizer`: a folder to copy, a tokenizer object (save_pretrained), or None for the CLIP tokenizer
+    (padding with `pad_token`: SD2 pads with "!", SD1 with the end token). `extras`: SD2's unused OpenCLIP
+    tensors, kept in openclip_extra.safetensors for the export (see openclip_map).
     """
     import shutil
 
@@ -120,8 +123,14 @@ def save_pipeline_folder(folder, unet, vae, text_encoder, tokenizer=None, schedu
         unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
         vae.save_pretrained(str(tmp / "vae"), safe_serialization=True)
         save_text_encoder(tmp / "text_encoder", text_encoder)
+        if extras:
+            from safetensors.torch import save_file
+
+            from .openclip_map import EXTRAS_FILE
+
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in extras.items()}, str(tmp / EXTRAS_FILE))
         if tokenizer is None:
-            write_clip_tokenizer(tmp / "tokenizer")
+            write_clip_tokenizer(tmp / "tokenizer", **({"pad_token": pad_token} if pad_token else {}))
         elif isinstance(tokenizer, (str, Path)):
             shutil.copytree(tokenizer, tmp / "tokenizer")
             if not (tmp / "tokenizer" / "vocab.json").exists():  # transformers 4.30 needs vocab + merges

@@ -62,12 +62,31 @@ def gather(source=None, **modules) -> tuple[dict, dict]:
     return states, configs
 
 
+def _working_facts(source, working, prediction_type):
+    """(prediction type, SD2 OpenCLIP extras) from the working folder / the source dict, where known."""
+    folder = Path(working) if working is not None else (Path(source) if isinstance(source, (str, Path)) else None)
+    if prediction_type is None and isinstance(source, dict) and source.get("scheduler_config"):
+        prediction_type = source["scheduler_config"].get("prediction_type")
+    extras = None
+    if folder is not None:
+        from .openclip_map import EXTRAS_FILE
+
+        scheduler_file = folder / "scheduler" / "scheduler_config.json"
+        if prediction_type is None and scheduler_file.is_file():
+            prediction_type = json.loads(scheduler_file.read_text(encoding="utf-8")).get("prediction_type")
+        if (folder / EXTRAS_FILE).is_file():
+            extras = load_state_dict(folder / EXTRAS_FILE)[0]
+    return prediction_type or "epsilon", extras
+
+
 def export_single_file(source, out_path, half: bool = False, metadata: dict | None = None, *,
-                       unet=None, vae=None, text_encoder=None) -> Path:
+                       unet=None, vae=None, text_encoder=None, working=None, prediction_type: str | None = None) -> Path:
     """Write `out_path` (.safetensors, or .ckpt as {"state_dict": ...}) atomically; fp16 floats when `half`.
 
-    `source`: a working diffusers folder, a dict {"unet", "vae", "text_encoder"} of modules, or None;
-    the keyword modules override the folder's components.
+    `source`: a working diffusers folder, a dict {"unet", "vae", "text_encoder"} of modules (optionally
+    "scheduler_config"), or None; the keyword modules override the folder's components. `working`: the
+    model's working folder when `source` is modules: its scheduler's prediction type is recorded in the
+    metadata and SD2's carried OpenCLIP extras are written back (else an identity last block).
     """
     import torch
 
@@ -78,11 +97,13 @@ def export_single_file(source, out_path, half: bool = False, metadata: dict | No
     if suffix not in (".safetensors", ".ckpt"):
         raise DreamboothError(f"cannot write '{out_path.name}': the file name must end in .safetensors or .ckpt",
                               field="save_safetensors")
+    prediction, extras = _working_facts(source, working, prediction_type)
     states, configs = gather(source, unet=unet, vae=vae, text_encoder=text_encoder)
-    ldm = diffusers_to_ldm(states["unet"], states["vae"], states["text_encoder"], configs)
+    ldm = diffusers_to_ldm(states["unet"], states["vae"], states["text_encoder"], configs, te_extras=extras)
+    configs = dict(configs, scheduler={"prediction_type": prediction})
     # SD1 checkpoints carry CLIP's position_ids buffer; transformers 5 no longer has it in its state dict.
     positions = f"{CLIP_PREFIX}text_model.embeddings.position_ids"
-    if positions not in ldm:
+    if positions not in ldm and any(k.startswith(CLIP_PREFIX) for k in ldm):
         ldm[positions] = torch.arange(configs["text_encoder"]["max_position_embeddings"]).unsqueeze(0)
     tensors = {}
     for key, tensor in ldm.items():

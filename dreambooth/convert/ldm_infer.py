@@ -1,4 +1,4 @@
-"""Diffusers configs for an SD1-topology LDM state dict, read from tensor shapes.
+"""Diffusers configs for an SD1/SD2-topology LDM state dict, read from tensor shapes.
 
 What shapes cannot tell (attention heads, scaling factor, activation, sample sizes) comes from the
 "dreambooth_configs" JSON our own exports store in the safetensors metadata, else from SD1.x defaults.
@@ -42,7 +42,10 @@ def _infer_unet(sd: dict, stored: dict) -> dict:
         up.append("CrossAttnUpBlock2D" if attn_up else "UpBlock2D")
     mid = "middle_block.1."
     proj_in = _shape(sd, f"{p}{mid}proj_in.weight")
-    cfg = {"sample_size": 64, "attention_head_dim": 8, "norm_num_groups": 32, **stored}
+    linear = len(proj_in) == 2  # SD2.x: linear proj_in/proj_out, 64-dim heads (diffusers' "attention_head_dim"
+    #                              is really the head count per block: 5, 10, 20, 20 for SD2)
+    heads = [max(1, c // 64) for c in channels] if linear else 8
+    cfg = {"sample_size": 64, "attention_head_dim": heads, "norm_num_groups": 32, **stored}
     cfg.update({
         "in_channels": in_channels,
         "out_channels": _shape(sd, p + "out.2.weight")[0],
@@ -51,7 +54,7 @@ def _infer_unet(sd: dict, stored: dict) -> dict:
         "block_out_channels": channels,
         "layers_per_block": lpb,
         "cross_attention_dim": _shape(sd, f"{p}{mid}transformer_blocks.0.attn2.to_k.weight")[1],
-        "use_linear_projection": len(proj_in) == 2,
+        "use_linear_projection": linear,
     })
     depth = len(_indices(keys, r"middle_block\.1\.transformer_blocks\.(\d+)\."))
     if depth != 1:
@@ -83,6 +86,10 @@ def _infer_vae(sd: dict, stored: dict) -> dict:
 
 
 def _infer_clip(sd: dict, stored: dict) -> dict:
+    from .openclip_map import OPENCLIP_PREFIX, infer_openclip_config, strip
+
+    if any(k.startswith(OPENCLIP_PREFIX) for k in sd):
+        return infer_openclip_config(strip(sd), stored)
     p = CLIP_PREFIX
     keys = [k[len(p):].removeprefix("text_model.") for k in sd if k.startswith(p)]
     sd = {k[len(p):].removeprefix("text_model."): v for k, v in sd.items() if k.startswith(p)}

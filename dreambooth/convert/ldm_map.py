@@ -94,7 +94,7 @@ def _rename(state_dict: dict, table: dict[str, str], what: str) -> dict:
         else:
             unknown.append(key)
     if unknown:
-        raise DreamboothError(f"the {what} weights do not match the expected SD1.x layout "
+        raise DreamboothError(f"the {what} weights do not match the expected SD1.x/SD2.x layout "
                               f"(unexpected keys such as {unknown[:3]}): the checkpoint is not a supported model")
     return out
 
@@ -130,16 +130,31 @@ def _state_and_config(obj, configs, name):
     return obj, configs[name]
 
 
-def diffusers_to_ldm(unet, vae, text_encoder, configs: dict | None = None) -> dict:
-    """One LDM-layout state dict (`model.diffusion_model.*`, `first_stage_model.*`,
-    `cond_stage_model.transformer.text_model.*`) from the three diffusers components."""
+def _text_encoder_config(text_encoder, configs) -> dict:
+    if configs and configs.get("text_encoder") is not None:
+        return dict(configs["text_encoder"])
+    config = getattr(text_encoder, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else {}
+
+
+def diffusers_to_ldm(unet, vae, text_encoder, configs: dict | None = None, te_extras: dict | None = None) -> dict:
+    """One LDM-layout state dict (`model.diffusion_model.*`, `first_stage_model.*`, and
+    `cond_stage_model.transformer.text_model.*` for SD1 or `cond_stage_model.model.*` for an SD2 (OpenCLIP,
+    GELU) text encoder) from the three diffusers components. `te_extras`: OpenCLIP keys to carry (see
+    openclip_map)."""
+    from .openclip_map import OPENCLIP_PREFIX, clip_to_openclip, is_openclip_config
+
     unet_sd, unet_cfg = _state_and_config(unet, configs, "unet")
     vae_sd, vae_cfg = _state_and_config(vae, configs, "vae")
     te_sd = text_encoder.state_dict() if hasattr(text_encoder, "state_dict") else text_encoder
+    te_cfg = _text_encoder_config(text_encoder, configs)
     out = {}
     out.update({UNET_PREFIX + k: v for k, v in unet_to_ldm(unet_sd, unet_cfg).items()})
     out.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae_sd, vae_cfg).items()})
-    out.update({CLIP_PREFIX + k: v for k, v in te_with_prefix(te_sd).items()})
+    if is_openclip_config(te_cfg):
+        out.update({OPENCLIP_PREFIX + k: v for k, v in clip_to_openclip(te_sd, te_cfg, te_extras).items()})
+    else:
+        out.update({CLIP_PREFIX + k: v for k, v in te_with_prefix(te_sd).items()})
     return out
 
 
@@ -148,7 +163,8 @@ def _strip(sd: dict, prefix: str) -> dict:
 
 
 def ldm_to_diffusers(state_dict: dict, configs: dict) -> tuple[dict, dict, dict]:
-    """(unet_sd, vae_sd, te_sd) from an LDM-layout state dict; te keys carry `text_model.`.
+    """(unet_sd, vae_sd, te_sd) from an LDM-layout state dict (SD1 CLIP or SD2 OpenCLIP text encoder);
+    te keys carry `text_model.`. SD2's unused last text block: openclip_map.openclip_to_clip's extras.
 
     Keys outside the three models (EMA copies, schedule buffers) are ignored.
     """
@@ -159,5 +175,10 @@ def ldm_to_diffusers(state_dict: dict, configs: dict) -> tuple[dict, dict, dict]
         new = _rename({key: None}, {b: a for a, b in vae_pairs(configs["vae"])}, "VAE")
         name = next(iter(new))
         vae[name] = vae[name].reshape(vae[name].shape[0], vae[name].shape[1])
-    te = te_with_prefix(_strip(state_dict, CLIP_PREFIX))
+    from .openclip_map import OPENCLIP_PREFIX, openclip_to_clip
+
+    if any(k.startswith(OPENCLIP_PREFIX) for k in state_dict):
+        te = openclip_to_clip(_strip(state_dict, OPENCLIP_PREFIX), configs["text_encoder"]["num_hidden_layers"])[0]
+    else:
+        te = te_with_prefix(_strip(state_dict, CLIP_PREFIX))
     return unet, vae, te

@@ -71,8 +71,11 @@ def cached_tokenizer_dir() -> Path | None:
     return None
 
 
-def write_clip_tokenizer(folder, use_cache: bool = True) -> Path:
-    """Write a CLIPTokenizer folder (loadable with CLIPTokenizer.from_pretrained on transformers 4.x and 5.x)."""
+def write_clip_tokenizer(folder, use_cache: bool = True, pad_token: str = EOS) -> Path:
+    """Write a CLIPTokenizer folder (loadable with CLIPTokenizer.from_pretrained on transformers 4.x and 5.x).
+
+    `pad_token`: SD1.x pads with the end token; SD2.x (OpenCLIP, as in the WebUI and diffusers) with "!" (id 0).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cached = cached_tokenizer_dir() if use_cache else None
@@ -89,6 +92,6 @@ def write_clip_tokenizer(folder, use_cache: bool = True) -> Path:
         atomic_write_bytes(folder / "vocab.json", vocab)
         atomic_write_bytes(folder / "merges.txt", merges)
     # our own config either way: model_max_length and special tokens must be right for both stacks
-    atomic_write_json(folder / "tokenizer_config.json", TOKENIZER_CONFIG)
-    atomic_write_json(folder / "special_tokens_map.json", SPECIAL_TOKENS)
+    atomic_write_json(folder / "tokenizer_config.json", dict(TOKENIZER_CONFIG, pad_token=pad_token))
+    atomic_write_json(folder / "special_tokens_map.json", dict(SPECIAL_TOKENS, pad_token=pad_token))
     return folder

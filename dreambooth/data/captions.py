@@ -31,3 +31,45 @@ def build_caption(template: str, image: Path, instance_token: str = "", class_to
         words = re.sub(rf"\b{re.escape(class_token)}\b", f"{instance_token} {class_token}", words, count=1)
     caption = template.replace(FILEWORDS, words)
     return " ".join(caption.replace(" ,", ",").split())
+
+
+def strip_token(words: str, token: str) -> str:
+    """`words` without the instance token (class images show the class, not the subject)."""
+    if not token:
+        return words
+    return " ".join(re.sub(rf"\b{re.escape(token)}\b", " ", words).replace(" ,", ",").split()).strip(" ,")
+
+
+def class_words(class_prompt: str, instance_image: Path, instance_token: str = "") -> str:
+    """What a generated class image's `.txt` holds: the words that fill `[filewords]` in the class prompt
+    (from the paired instance image, instance token removed), or the whole class prompt when it has no
+    `[filewords]`. `build_caption(class_prompt, class_image)` then gives back the exact generation prompt."""
+    template = class_prompt or FILEWORDS
+    if FILEWORDS not in template:
+        return template.strip()
+    return strip_token(filewords(instance_image), instance_token)
+
+
+def shuffle_tags(caption: str, keep: int, rng) -> str:
+    """Shuffle the comma-separated tags of `caption`, the first `keep` staying in front (`rng`: random.Random)."""
+    tags = [tag.strip() for tag in caption.split(",")]
+    tags = [tag for tag in tags if tag]
+    if len(tags) <= max(keep, 1):
+        return caption
+    head, tail = tags[:keep], tags[keep:]
+    rng.shuffle(tail)
+    return ", ".join(head + tail)
+
+
+def warn_truncated(captions: dict[str, list[Path]], tokenizer, warn) -> int:
+    """Warn, naming the files, for every caption longer than the tokenizer's limit; returns how many."""
+    limit = tokenizer.model_max_length
+    count = 0
+    for caption, paths in captions.items():
+        length = len(tokenizer(caption, truncation=False).input_ids)
+        if length > limit:
+            count += 1
+            names = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            warn(f"caption of {names} is {length} tokens, over the limit of {limit}: "
+                 f"the end is cut off ('{caption[:60]}...')")
+    return count

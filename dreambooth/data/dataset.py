@@ -1,22 +1,40 @@
-"""The training set, encoded once: VAE latent distributions and text embeddings cached in memory.
+"""Training items, the Batch the loop consumes, and the training set (buckets, caches, prior pairs).
 
-The frozen VAE and text encoder would otherwise run on every step for the same inputs; caching them
-removes that work from the loop. Each step still draws a fresh latent sample from the cached
-distribution (mean + std * noise), exactly as encoding anew would.
+The loop sees four things: `len(training_set)` (instance images; an epoch shows each once), `items`,
+`epoch_batches(seed, epoch, batch_size)` and `batch(keys, generator)`.
+
+Batch keys. `epoch_batches` returns, per batch, keys `epoch * len(items) + item`: the item index plus
+the epoch, so that `batch` can pick the epoch's class images without any state (resume and data-parallel
+processes get the same pairs). `item_of(key)` gives the item index back.
+
+Prior preservation pairing. The class images of a concept (sorted by path) C_0..C_{m-1} and its instance
+images I_0..I_{n-1} (in item order) are paired round-robin: C_i belongs to I_{i mod n}, so instance I_j
+owns C_j, C_{j+n}, C_{j+2n}, ... and in epoch e brings the (e mod its count)-th of them into its batch
+(I_j owns C_{j mod m} when there are fewer class images than instance images). With the default
+num_class_images_per = k there are m = k*n class images, each instance owns k of them and every class image
+is used once every k epochs. A class image is resized and cropped to the bucket of the instance that owns
+it (generated class images are made at that size), so the pair always fits one batch: the instance rows
+come first, then their class rows, with `Batch.prior` True for the class rows.
+
+Latents. With cache_latents the VAE latent distributions (mean, std) are encoded once (and, with hflip,
+once more mirrored); each use draws a fresh sample mean + std * noise. Without it, `batch` runs the VAE on
+the stored pixels every time, drawing the flip and the noise from the same generator in the same order,
+so both paths give the same latents. Text embeddings are cached per distinct caption while the text
+encoder is frozen for the whole run (`cache_text`); with shuffle_tags the captions change per use and
+`batch` returns fresh input_ids with embeddings None (the loop encodes them).
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..config import Concept
 from ..errors import DreamboothError
-from ..train.text import encode_text
-from .captions import build_caption
+from .buckets import fit_to_bucket, to_unit_range
+from .captions import build_caption, shuffle_tags
 from .images import find_images, open_all
-
-ENCODE_CHUNK = 8
 
 
 @dataclass
@@ -24,6 +42,8 @@ class TrainItem:
     path: Path
     caption: str
     concept: int
+    bucket: tuple[int, int] | None = None  # (width, height), set when the training set is built
+    is_class: bool = False
 
 
 def check_concepts(concepts: list[Concept]) -> None:
@@ -58,19 +78,7 @@ def collect_items(concepts: list[Concept], warn: Callable[[str], None]) -> list[
 
 def image_to_tensor(image, resolution: int):
     """Resize the short side to `resolution`, centre-crop a square, scale to [-1, 1] (C, H, W)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    width, height = image.size
-    scale = resolution / min(width, height)
-    resized = image.resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))),
-                           Image.BICUBIC)
-    left = (resized.width - resolution) // 2
-    top = (resized.height - resolution) // 2
-    cropped = resized.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(cropped, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return to_unit_range(fit_to_bucket(image, (resolution, resolution)))
 
 
 def tokenize(prompts: list[str], tokenizer, device):
@@ -96,58 +104,152 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(count, generator=generator).tolist()
 
 
-class CachedTrainingSet:
-    """Latent distributions (mean, std) per image and one text embedding per distinct caption."""
+@dataclass
+class Bucket:
+    """The images of one bucket: cached latent distributions, or the pixels to encode at every use."""
 
-    def __init__(self, items: list[TrainItem], latent_mean, latent_std, embeddings, input_ids,
-                 caption_index: list[int], scaling_factor: float):
+    size: tuple[int, int]
+    mean: object = None  # (rows, C, h, w) on the device, with cache_latents
+    std: object = None
+    mean_flip: object = None  # the same for the mirrored images, with hflip
+    std_flip: object = None
+    pixels: object = None  # uint8 (rows, 3, H, W) on the CPU, without cache_latents
+
+
+class TrainingSet:
+    """Instance items, their class images, buckets and caches; see the module docstring for the rules."""
+
+    def __init__(self, items: list[TrainItem], class_items: list[TrainItem], places: list[tuple[int, int]],
+                 class_places: list[tuple[int, int]], pairs: list[list[int]], buckets: list[Bucket],
+                 captions: list[str], caption_index: list[int], class_caption_index: list[int], input_ids,
+                 embeddings, scaling_factor: float, device, *, vae=None, hflip: bool = False,
+                 shuffle: bool = False, keep_tags: int = 1, tokenizer=None):
         self.items = items
-        self.latent_mean = latent_mean
-        self.latent_std = latent_std
-        self.embeddings = embeddings
-        self.input_ids = input_ids
+        self.class_items = class_items
+        self.places = places  # item -> (bucket, row)
+        self.class_places = class_places  # class item -> (bucket, row)
+        self.pairs = pairs  # item -> class items it owns (round-robin by epoch)
+        self.buckets = buckets
+        self.captions = captions
         self.caption_index = caption_index
+        self.class_caption_index = class_caption_index
+        self.input_ids = input_ids  # per distinct caption, on the device
+        self.embeddings = embeddings  # per distinct caption, or None
         self.scaling_factor = scaling_factor
+        self.device = device
+        self.vae = vae
+        self.hflip = hflip
+        self.shuffle = shuffle
+        self.keep_tags = keep_tags
+        self.tokenizer = tokenizer
+        self.seed = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def epoch_batches(self, seed: int, epoch: int, batch_size: int) -> list[list[int]]:
-        """The epoch's batches of item indices, in training order."""
-        order = epoch_order(len(self), seed, epoch)
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    @property
+    def cached(self) -> bool:
+        return self.buckets[0].pixels is None
 
-    def batch(self, indices: list[int], generator) -> Batch:
-        """Scaled latents sampled from the cached distributions, and the matching text inputs."""
+    @property
+    def has_prior(self) -> bool:
+        return bool(self.class_items)
+
+    def item_of(self, key: int) -> int:
+        return key % len(self.items)
+
+    def class_for(self, item: int, epoch: int) -> int | None:
+        owned = self.pairs[item]
+        return owned[epoch % len(owned)] if owned else None
+
+    # epochs -----------------------------------------------------------------------------------------
+    def _by_bucket(self, order: list[int]) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for item in order:
+            groups.setdefault(self.places[item][0], []).append(item)
+        return groups
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return sum(-(-len(g) // batch_size) for g in self._by_bucket(list(range(len(self)))).values())
+
+    def plan_items(self, batch_size: int) -> int:
+        """An item count that gives the interval plan this set's number of batches per epoch (a bucket's
+        last batch may be short, so buckets can add batches)."""
+        return len(self) if len(self.buckets) == 1 else self.batches_per_epoch(batch_size) * batch_size
+
+    def epoch_batches(self, seed: int, epoch: int, batch_size: int) -> list[list[int]]:
+        """The epoch's batches of keys, in training order; each batch from one bucket."""
         import torch
 
-        mean = self.latent_mean[indices]
-        std = self.latent_std[indices]
+        self.seed = seed
+        order = epoch_order(len(self), seed, epoch)
+        groups = self._by_bucket(order)
+        batches = [group[i:i + batch_size] for b in sorted(groups) for group in [groups[b]]
+                   for i in range(0, len(group), batch_size)]
+        if len(groups) > 1:
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        base = epoch * len(self)
+        return [[base + item for item in batch] for batch in batches]
+
+    # one batch --------------------------------------------------------------------------------------
+    def batch(self, keys: list[int], generator) -> Batch:
+        """Latents sampled for the batch's images (and their class images), and the matching text inputs."""
+        import torch
+
+        count = len(self.items)
+        items = [key % count for key in keys]
+        classes = [c for c in (self.class_for(item, key // count) for key, item in zip(keys, items)) if c is not None]
+        bucket_ids = {self.places[i][0] for i in items} | {self.class_places[c][0] for c in classes}
+        if len(bucket_ids) != 1:
+            raise ValueError(f"a batch must come from one bucket, got buckets {sorted(bucket_ids)}")
+        bucket = self.buckets[bucket_ids.pop()]
+        rows = [self.places[i][1] for i in items] + [self.class_places[c][1] for c in classes]
+        latents = self._latents(bucket, rows, generator)
+        ids = [self.caption_index[i] for i in items] + [self.class_caption_index[c] for c in classes]
+        if self.shuffle:
+            texts = [self._shuffled(keys[n], self.captions[ids[n]]) for n in range(len(items))]
+            texts += [self.captions[i] for i in ids[len(items):]]
+            input_ids, embeddings = tokenize(texts, self.tokenizer, self.device), None
+        else:
+            index = torch.tensor(ids, device=self.input_ids.device)
+            input_ids = self.input_ids[index]
+            embeddings = self.embeddings[index] if self.embeddings is not None else None
+        prior = torch.tensor([False] * len(items) + [True] * len(classes), device=latents.device)
+        return Batch(latents, embeddings, input_ids, prior)
+
+    def _shuffled(self, key: int, caption: str) -> str:
+        return shuffle_tags(caption, self.keep_tags, random.Random(f"{self.seed}:{key}"))
+
+    def _latents(self, bucket: Bucket, rows: list[int], generator):
+        import torch
+
+        from .cache import encode
+
+        flip = None
+        if self.hflip:
+            flip = torch.rand(len(rows), generator=generator, device=generator.device) < 0.5
+        if bucket.pixels is None:
+            index = torch.tensor(rows, device=bucket.mean.device)
+            mean, std = bucket.mean[index], bucket.std[index]
+            if flip is not None:
+                where = flip.to(mean.device)[:, None, None, None]
+                mean = torch.where(where, bucket.mean_flip[index], mean)
+                std = torch.where(where, bucket.std_flip[index], std)
+        else:
+            pixels = bucket.pixels[torch.tensor(rows)].to(self.device)
+            if flip is not None:
+                pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
+            mean, std = encode(self.vae, pixels, self.device)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        latents = (mean + std * noise) * self.scaling_factor
-        captions = [self.caption_index[i] for i in indices]
-        return Batch(latents, self.embeddings[captions], self.input_ids[captions],
-                     torch.zeros(len(indices), dtype=torch.bool, device=mean.device))
+        return (mean + std * noise) * self.scaling_factor
 
 
-def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, vae, text_encoder, tokenizer,
-                       device, clip_skip: int = 1) -> CachedTrainingSet:
-    """Encode the (item, image) pairs from `collect_items` once."""
-    import torch
+CachedTrainingSet = TrainingSet  # the earlier name
 
-    items = [item for item, _ in pairs]
-    means, stds = [], []
-    with torch.no_grad():
-        for start in range(0, len(pairs), ENCODE_CHUNK):
-            chunk = pairs[start:start + ENCODE_CHUNK]
-            pixels = torch.stack([image_to_tensor(image, resolution) for _, image in chunk])
-            dist = vae.encode(pixels.to(device, dtype=vae.dtype)).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-    captions = sorted({item.caption for item in items})
-    input_ids = tokenize(captions, tokenizer, device)
-    with torch.no_grad():
-        embeddings = encode_text(text_encoder, input_ids, clip_skip).float()
-    caption_index = [captions.index(item.caption) for item in items]
-    return CachedTrainingSet(items, torch.cat(means), torch.cat(stds), embeddings, input_ids, caption_index,
-                             vae.config.scaling_factor)
+
+def build_training_set(pairs, resolution, vae, text_encoder, tokenizer, device, clip_skip: int = 1, **options):
+    """Encode the (item, image) pairs from `collect_items` (see `build.build_training_set` for options)."""
+    from .build import build_training_set as build
+
+    return build(pairs, resolution, vae, text_encoder, tokenizer, device, clip_skip=clip_skip, **options)

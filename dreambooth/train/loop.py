@@ -55,7 +55,8 @@ class Trainer:
     def _prepare(self) -> None:
         import torch
 
-        from ..data.dataset import build_training_set, collect_items
+        from ..data.dataset import collect_items
+        from ..data.prepare import prepare_training_set
         from ..train.optimizers import build_optimizer
 
         cfg, control = self.cfg, self.control
@@ -66,13 +67,14 @@ class Trainer:
         self.accelerator = accelerator = make_accelerator(cfg, self.log)
         self.device = accelerator.device
         self.models = models = load_models(self.model, self.device, cfg)
-        self.training_set = build_training_set(pairs, cfg.resolution, models.vae, models.text_encoder,
-                                               models.tokenizer, self.device, clip_skip=cfg.clip_skip)
+        # buckets, class images (generated when missing), bucket report, latent and text caches
+        self.training_set = prepare_training_set(self, concepts, pairs)
         self.first_captions = {}
         for item in self.training_set.items:
             self.first_captions.setdefault(item.concept, item.caption)
         self.concepts = concepts
-        self.plan: TrainPlan = plan_from_config(cfg, len(self.training_set), accelerator.num_processes)
+        self.plan: TrainPlan = plan_from_config(cfg, self.training_set.plan_items(cfg.train_batch_size),
+                                                accelerator.num_processes)  # buckets may add short batches
 
         self.text_encoder_epochs = text_encoder_epochs(cfg.stop_text_encoder, self.plan.epochs)
         self.text_encoder_training = self.text_encoder_epochs > 0

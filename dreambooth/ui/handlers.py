@@ -288,4 +288,4 @@ def poll() -> dict:
     status = runner().status()
     return {"status": status_text(status, runner().last_kind()), "samples": [p for p in status.samples if os.path.exists(p)],
             "charts": [p for p in status.charts if os.path.exists(p)],
-            "log": "\n".join(runner().log_lines()[-200:]), "busy": runner().busy()}
+            "log": "\n".join(reversed(runner().log_lines()[-200:])), "busy": runner().busy()}

@@ -6,8 +6,8 @@ import gradio as gr
 from ..registry import Field
 from .handlers import WIDGET_FIELDS
 
-# Sections shown in the Parameters sub-tab, in this order; "Concepts" fields live in the Concepts sub-tab.
-PARAM_GROUPS = ("Intervals", "Batching", "Learning Rate", "Image Processing", "Saving")
+# Sections of the Parameters sub-tab: the registry's groups in registry order; "Concepts" has its own sub-tab.
+PARAM_GROUPS = tuple(dict.fromkeys(f.group for f in WIDGET_FIELDS if f.group != "Concepts"))
 
 
 def field_widget(field: Field, elem_id: str):

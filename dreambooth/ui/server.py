@@ -46,7 +46,7 @@ def serve(port: int = 7860, listen: bool = False, models_dir: str | os.PathLike 
     compat.enable_queue(blocks)
     address = "0.0.0.0" if listen else "127.0.0.1"
     compat.launch(blocks, address, port, css=css, allowed_paths=[host.models_root()], prevent_thread_lock=True)
-    register_routes(compat.served_app(blocks), api_auth=os.environ.get("DREAMBOOTH_API_AUTH") or None)
+    register_routes(compat.served_app(blocks))  # auth: env DREAMBOOTH_API_AUTH via host
     print(f"dreambooth: serving on http://{address}:{port} (models: {host.models_root()})", flush=True)
     if not block:
         return blocks

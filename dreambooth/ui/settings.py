@@ -27,10 +27,8 @@ def add_settings(shared) -> None:
 
 def option(key: str):
     """A Dreambooth option's value: the WebUI's setting when hosted, else its default."""
+    from .. import host
+
     default = OPTIONS[key][0]
-    try:
-        from modules import shared  # the WebUI's package; absent standalone
-    except ImportError:
-        return default
-    opts = getattr(shared, "opts", None)
-    return getattr(opts, key, default) if opts is not None else default
+    getter = getattr(host, "host_option", None)
+    return getter(key, default) if getter is not None else default

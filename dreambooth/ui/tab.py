@@ -85,9 +85,9 @@ class Tab:
             with gr.Column(scale=2, elem_id="db_output_col"):
                 self.message = gr.Textbox(label="Message", lines=3, interactive=False, elem_id="db_message")
                 self.status = gr.Textbox(label="Status", value="idle", interactive=False, elem_id="db_status")
-                self.samples = compat.gallery(label="Samples", columns=2, height=280, elem_id="db_samples")
+                self.samples = compat.gallery(label="Samples", columns=2, height=280, elem_id="db_sample_gallery")
                 self.charts = compat.gallery(label="Charts", columns=3, height=200, elem_id="db_charts")
-                self.log = gr.Textbox(label="Log", lines=10, max_lines=10, interactive=False, elem_id="db_log",
+                self.log = gr.Textbox(label="Log (newest first)", lines=10, max_lines=10, interactive=False, elem_id="db_log",
                                       **compat.textbox_kwargs(copy_button=True))
                 self.poll_sig = gr.State(None)
 

@@ -67,7 +67,7 @@ def wait_text(page, elem_id: str, needle: str, timeout: float = 180.0) -> str:
         value = text_of(page, elem_id)
         if needle in value:
             return value
-        if value.startswith("error:") and value != before and elem_id == "db_message":
+        if value != before and (value.startswith("error:") or value.startswith("failed:")):
             raise AssertionError(value)
         time.sleep(0.2)
     raise AssertionError(f"#{elem_id} never showed {needle!r}; it shows {text_of(page, elem_id)!r}")
@@ -117,7 +117,7 @@ def test_create_train_ckpt_in_browser(server):
         page.locator("#db_train").click()
         wait_text(page, "db_message", "training 'demo' started", 60)
         status = wait_text(page, "db_status", "done: demo · epoch 2/2", 300)
-        page.locator("#db_samples img").first.wait_for(timeout=60_000)
+        page.locator("#db_sample_gallery img").first.wait_for(timeout=60_000)
         page.locator("#db_charts img").first.wait_for(timeout=60_000)
         assert "training 'demo' done" in text_of(page, "db_log")
         page.screenshot(path=str(shots / "03_trained.png"), full_page=True)

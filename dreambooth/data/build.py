@@ -1,0 +1,100 @@
+"""Building the training set: buckets, pixels, latent caches (RAM / disk) and text caches."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..train.text import encode_text
+from .buckets import bucket_sizes, fit_to_bucket, nearest_bucket
+from .cache import DiskCache, encode_bucket, entry_key, file_digest, vae_fingerprint
+from .captions import warn_truncated
+from .dataset import Bucket, TrainItem, TrainingSet, tokenize
+
+
+def assign_buckets(items: list[TrainItem], images: list, resolution: int, step: int, enabled: bool) -> None:
+    """Give every item without one the bucket nearest to its image's aspect ratio."""
+    sizes = bucket_sizes(resolution, step, enabled)
+    for item, image in zip(items, images):
+        if item.bucket is None:
+            item.bucket = nearest_bucket(image.width, image.height, sizes)
+
+
+def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, vae, text_encoder, tokenizer,
+                       device, clip_skip: int = 1, *, classes: list[tuple[TrainItem, object]] | None = None,
+                       owned: list[list[int]] | None = None, cache_latents: bool = True,
+                       cache_dir: Path | None = None, enable_buckets: bool = True, step: int = 64,
+                       hflip: bool = False, shuffle_tags: bool = False, keep_tags: int = 1,
+                       cache_text: bool = True, warn: Callable[[str], None] | None = None,
+                       log: Callable[[str], None] | None = None) -> TrainingSet:
+    """Encode the instance (item, image) pairs and the class pairs once.
+
+    `classes` are class items with their bucket already set (that of the instance owning them) and
+    `owned[i]` lists the class items instance item i brings into its batches. `cache_dir` (the model's
+    cache/ folder) keeps the latents on disk between runs; `cache_text` False when the text encoder trains.
+    """
+    import torch
+
+    warn = warn or (lambda message: None)
+    items = [item for item, _ in pairs]
+    assign_buckets(items, [image for _, image in pairs], resolution, step, enable_buckets)
+    class_items = [item for item, _ in classes or []]
+    owned = owned or [[] for _ in items]
+    entries = list(pairs) + list(classes or [])
+
+    sizes = sorted({item.bucket for item, _ in entries})
+    bucket_of = {size: index for index, size in enumerate(sizes)}
+    rows: list[list[int]] = [[] for _ in sizes]
+    places = []
+    for number, (item, _) in enumerate(entries):
+        b = bucket_of[item.bucket]
+        places.append((b, len(rows[b])))
+        rows[b].append(number)
+
+    disk = DiskCache(cache_dir) if cache_latents and cache_dir is not None else None
+    fingerprint = vae_fingerprint(vae) if disk is not None else ""
+    digests: dict[Path, str] = {}
+    buckets = []
+    for size, members in zip(sizes, rows):
+        pixels = torch.stack([fit_to_bucket(entries[n][1], size) for n in members])
+        bucket = Bucket(size)
+        if not cache_latents:
+            bucket.pixels = pixels
+        else:
+            for flip in ([False, True] if hflip else [False]):
+                keys = None
+                if disk is not None:
+                    keys = [entry_key(_digest(digests, entries[n][0].path), size, flip, resolution, fingerprint)
+                            for n in members]
+                mean, std = encode_bucket(vae, pixels, device, keys, disk, flip)
+                if flip:
+                    bucket.mean_flip, bucket.std_flip = mean, std
+                else:
+                    bucket.mean, bucket.std = mean, std
+        buckets.append(bucket)
+    if disk is not None:
+        removed = disk.prune()
+        if log is not None:
+            log(f"latent cache: {disk.hits} of {len(disk.used)} entries from {disk.folder}"
+                + (f", {removed} stale removed" if removed else ""))
+
+    captions = sorted({item.caption for item, _ in entries})
+    by_caption: dict[str, list[Path]] = {}
+    for item, _ in entries:
+        by_caption.setdefault(item.caption, []).append(item.path)
+    warn_truncated(by_caption, tokenizer, warn)
+    index = {caption: n for n, caption in enumerate(captions)}
+    input_ids = tokenize(captions, tokenizer, device)
+    embeddings = None
+    if cache_text and not shuffle_tags:
+        with torch.no_grad():
+            embeddings = encode_text(text_encoder, input_ids, clip_skip).float()
+    return TrainingSet(items, class_items, places[:len(items)], places[len(items):], owned, buckets, captions,
+                       [index[item.caption] for item in items], [index[item.caption] for item in class_items],
+                       input_ids, embeddings, vae.config.scaling_factor, device, vae=None if cache_latents else vae,
+                       hflip=hflip, shuffle=shuffle_tags, keep_tags=keep_tags, tokenizer=tokenizer)
+
+
+def _digest(memo: dict, path: Path) -> str:
+    if path not in memo:
+        memo[path] = file_digest(path)
+    return memo[path]
