@@ -270,7 +270,7 @@ def _run(args, root: Path, log) -> int:
     log(f"{args.pairs} pairs of runs, {args.steps} steps each ({args.warmup} warm-up), batch {args.batch}, "
         f"{args.resolution} px, preset {args.preset}, gradient checkpointing "
         f"{'on' if args.gradient_checkpointing else 'off'} in both, device {device} ({device_name}), "
-        f"{torch.get_num_threads()} torch threads, load average {load_before[0]:.2f}")
+        f"{args.threads or torch.get_num_threads()} torch threads per run, load average {load_before[0]:.2f}")
     reference, trainer, speedups, rss_ratios = [], [], [], []
     for pair in range(args.pairs):
         order = ("reference", "trainer") if pair % 2 == 0 else ("trainer", "reference")
@@ -315,7 +315,7 @@ def _run(args, root: Path, log) -> int:
               "device_name": device_name, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
               "images": args.images, "resolution": args.resolution, "preset": args.preset, "lr": args.lr,
               "pairs": args.pairs, "trainer_settings": args.set,
-              "gradient_checkpointing": args.gradient_checkpointing, "torch_threads": torch.get_num_threads(),
+              "gradient_checkpointing": args.gradient_checkpointing, "torch_threads": args.threads or torch.get_num_threads(),
               "reference": summary["reference"], "trainer": summary["trainer"],
               "speedups": [round(s, 3) for s in speedups], "rss_ratios": [round(r, 3) for r in rss_ratios],
               "vram_ratio": None if vram_ratio is None else round(vram_ratio, 3),

@@ -15,7 +15,7 @@ def test_bench_writes_the_record_with_both_ratios(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dreambooth", "bench", "--preset", "tiny", "--resolution", "64", "--images", "4",
          "--steps", "3", "--warmup", "1", "--pairs", "1", "--threads", "1", "--workdir", str(tmp_path / "work"),
-         "--out", str(out), "--scaling", "--scaling-sizes", "2,4", "--sample-steps", "2"],
+         "--out", str(out), "--scaling", "--scaling-sizes", "4", "--sample-steps", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line is the JSON record
@@ -27,7 +27,7 @@ def test_bench_writes_the_record_with_both_ratios(tmp_path):
     for side in ("reference", "trainer"):
         assert last[side]["samples_per_s"] > 0 and last[side]["peak_rss_mb"] > 50
     rows = last["scaling"]["rows"]
-    assert [row["images"] for row in rows] == [2, 4]
+    assert [row["images"] for row in rows] == [4]
     assert all(row["train_s_per_image"] > 0 and row["peak_rss_mb"] > 50 for row in rows)
     assert all(row["sample_s_per_image"] is not None and row["sample_s_per_image"] > 0 for row in rows)
     assert "speedup" in proc.stdout and "rss_ratio" in proc.stdout
@@ -38,3 +38,16 @@ def test_bench_rejects_bad_step_counts(capsys):
 
     assert main(["--steps", "2", "--warmup", "2"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_cpu_attention_is_sdpa_and_compile_is_opt_in():
+    import torch
+
+    from dreambooth.registry import FIELD_BY_NAME
+    from dreambooth.tiny import build_components
+    from dreambooth.train.setup import use_fast_attention
+
+    unet = build_components("tiny")["unet"]
+    assert use_fast_attention(unet, torch.device("cpu")) == "sdpa"
+    assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    assert FIELD_BY_NAME["compile_unet"].default is False

@@ -185,10 +185,10 @@ def test_not_sd_and_sd2(tmp_path):
 
     save_file({"encoder.weight": torch.zeros(2, 2)}, str(tmp_path / "lora.safetensors"))
     _assert_refused(tmp_path / "lora.safetensors", tmp_path, "not a Stable Diffusion checkpoint")
+    # SD2.x is supported (tests/test_sd2.py); an SD2 text encoder without its VAE is refused
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
-               "cond_stage_model.model.token_embedding.weight": torch.zeros(1),
-               "first_stage_model.encoder.conv_in.weight": torch.zeros(1)}, str(tmp_path / "sd2.safetensors"))
-    _assert_refused(tmp_path / "sd2.safetensors", tmp_path, "SD2.x checkpoints are not supported yet")
+               "cond_stage_model.model.token_embedding.weight": torch.zeros(1)}, str(tmp_path / "sd2.safetensors"))
+    _assert_refused(tmp_path / "sd2.safetensors", tmp_path, "use a full SD2.x checkpoint")
     (tmp_path / "notes.txt").write_text("hello")
     _assert_refused(tmp_path / "notes.txt", tmp_path, "notes.txt")
 

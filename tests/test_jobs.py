@@ -73,7 +73,7 @@ def test_train_one_job_at_a_time_then_ckpt(model, host_hooks):
     assert status.state == "done", (status.message, status.log[-5:])
     assert status.epoch == 2 and status.step == status.total_steps > 0
     assert status.samples and status.charts
-    assert entered == ["vram+", "lock+", "lock-", "vram-"]
+    assert entered == ["lock+", "vram+", "vram-", "lock-"]  # model freed only inside the lock
     assert not runner().busy()
     assert runner().status().state == "done"  # kept for the tab after the job ends (Reload UI)
     message = handlers.generate_ckpt(model)

@@ -82,8 +82,18 @@ def image_to_tensor(image, resolution: int):
 
 
 def tokenize(prompts: list[str], tokenizer, device):
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids.to(device)
+    return to_device(tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids, device)
+
+
+def to_device(values, device):
+    """A small host tensor (or list) on `device` without waiting for the GPU (pinned, non-blocking copy)."""
+    import torch
+
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values)
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -195,8 +205,6 @@ class TrainingSet:
     # one batch --------------------------------------------------------------------------------------
     def batch(self, keys: list[int], generator) -> Batch:
         """Latents sampled for the batch's images (and their class images), and the matching text inputs."""
-        import torch
-
         count = len(self.items)
         items = [key % count for key in keys]
         classes = [c for c in (self.class_for(item, key // count) for key, item in zip(keys, items)) if c is not None]
@@ -212,10 +220,10 @@ class TrainingSet:
             texts += [self.captions[i] for i in ids[len(items):]]
             input_ids, embeddings = tokenize(texts, self.tokenizer, self.device), None
         else:
-            index = torch.tensor(ids, device=self.input_ids.device)
+            index = to_device(ids, self.input_ids.device)
             input_ids = self.input_ids[index]
             embeddings = self.embeddings[index] if self.embeddings is not None else None
-        prior = torch.tensor([False] * len(items) + [True] * len(classes), device=latents.device)
+        prior = to_device([False] * len(items) + [True] * len(classes), latents.device)
         return Batch(latents, embeddings, input_ids, prior)
 
     def _shuffled(self, key: int, caption: str) -> str:
@@ -230,14 +238,14 @@ class TrainingSet:
         if self.hflip:
             flip = torch.rand(len(rows), generator=generator, device=generator.device) < 0.5
         if bucket.pixels is None:
-            index = torch.tensor(rows, device=bucket.mean.device)
+            index = to_device(rows, bucket.mean.device)
             mean, std = bucket.mean[index], bucket.std[index]
             if flip is not None:
                 where = flip.to(mean.device)[:, None, None, None]
                 mean = torch.where(where, bucket.mean_flip[index], mean)
                 std = torch.where(where, bucket.std_flip[index], std)
         else:
-            pixels = bucket.pixels[torch.tensor(rows)].to(self.device)
+            pixels = to_device(bucket.pixels[torch.tensor(rows)], self.device)
             if flip is not None:
                 pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
             mean, std = encode(self.vae, pixels, self.device)

@@ -1,0 +1,49 @@
+"""Helpers for the data tests: tiny components without a model folder, and images of chosen sizes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tmp_path_factory):
+    """(unet, vae, text_encoder, tokenizer) of the tiny preset, built in memory once."""
+    from transformers import CLIPTokenizer
+
+    from dreambooth.convert.tokenizer import write_clip_tokenizer
+    from dreambooth.tiny import build_components
+
+    parts = build_components("tiny")
+    folder = write_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return parts["unet"], parts["vae"], parts["text_encoder"], CLIPTokenizer.from_pretrained(str(folder))
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0, caption: str | None = None) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption)
+    return path
+
+
+def pairs_for(folder: Path, prompt: str = "[filewords]", **concept):
+    from dreambooth.config import concepts_from_list
+    from dreambooth.data.dataset import collect_items
+
+    concepts = concepts_from_list([{"instance_data_dir": str(folder), "instance_prompt": prompt, **concept}])
+    return concepts, collect_items(concepts, lambda message: None)
+
+
+def build(pairs, parts, resolution=64, **options):
+    import torch
+
+    from dreambooth.data.build import build_training_set
+
+    unet, vae, text_encoder, tokenizer = parts
+    options.setdefault("step", 32)
+    return build_training_set(pairs, resolution, vae, text_encoder, tokenizer, torch.device("cpu"), **options)
