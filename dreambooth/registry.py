@@ -63,7 +63,7 @@ def _f(name, kind, default, group, label, help, **extra) -> Field:
 # Model bookkeeping: written by Create and the trainer, carried in db_config.json.
 _MODEL = [
     _f("model_name", str, "", "Model", "Model name", "Folder name under models/dreambooth.", hidden=True),
-    _f("model_type", str, "v1x", "Model", "Model type", "Detected at Create: v1x (SD 1.x).",
+    _f("model_type", str, "v1x", "Model", "Model type", "Detected at Create: v1x (SD 1.x), v2x-512 (SD 2.x epsilon), v2x (SD 2.x 768 v-prediction).",
        choices=ALL_MODEL_TYPES, hidden=True),
     _f("src", str, "", "Model", "Source checkpoint", "The checkpoint this model was created from.", hidden=True),
     _f("revision", int, 0, "Model", "Revision", "Lifetime optimizer steps; used in checkpoint names.",

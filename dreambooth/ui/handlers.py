@@ -114,7 +114,7 @@ def model_info(model: str | None) -> str:
             f"source {Path(cfg.src).name if cfg.src else '-'}")
 
 
-def create_model(name: str, source: str) -> str:
+def create_model(name: str, source: str, model_type: str = "detect") -> str:
     name = (name or "").strip()
     if not (source or "").strip():
         raise DreamboothError("no source checkpoint chosen: pick one in Source checkpoint", field="source")
@@ -125,7 +125,8 @@ def create_model(name: str, source: str) -> str:
         runner().note(message)
 
     with runner().exclusive("create", name or "?"):
-        actions.create_model(name, source, progress=progress)
+        actions.create_model(name, source, progress=progress,
+                             model_type=None if model_type in (None, "", "detect") else model_type)
     if Path(str(source)).name == actions.EMBEDDED_CHECKPOINT:
         _apply_demo_settings(name)
         return (f"model '{name}' created from the embedded tiny demo checkpoint, with demo images as "

@@ -18,6 +18,7 @@ from .params_panel import build_params_panel
 
 log = logging.getLogger("dreambooth")
 POLL_SECONDS = 1.0
+CREATE_MODEL_TYPES = ("detect", "v1x", "v2x-512", "v2x")
 TOP_BUTTONS = (("save", "Save Params"), ("load", "Load Params"), ("ckpt", "Generate Ckpt"),
                ("samples", "Generate Samples"), ("cancel", "Cancel"), ("train", "Train"),
                ("wizard", "Performance Wizard"))
@@ -74,6 +75,10 @@ class Tab:
                                                       elem_id="db_source", info="A .safetensors/.ckpt from the "
                                                       "checkpoint folder; the model type is detected.")
                             self.refresh_sources = gr.Button("🔄", elem_id="db_refresh_sources", size="sm")
+                        self.model_type = gr.Dropdown(choices=list(CREATE_MODEL_TYPES), value="detect",
+                                                      label="Model type", elem_id="db_model_type",
+                                                      info="detect reads it from the checkpoint; override only "
+                                                      "when an SD 2.x 768 v-prediction file is misdetected.")
                         self.create = gr.Button("Create Model", variant="primary", elem_id="db_create")
                     with gr.Tab("Parameters", id="db_params_tab"):
                         self.vram = gr.Number(label="VRAM (GB) for the Performance Wizard", value=0,
@@ -144,7 +149,7 @@ class Tab:
 
         def on_create(data):
             name = (data[self.new_name] or "").strip()
-            result, error = _run(handlers.create_model, name, data[self.source])
+            result, error = _run(handlers.create_model, name, data[self.source], data[self.model_type])
             if error:
                 return msg(error)
             return {self.message: _noted(result),
@@ -159,7 +164,7 @@ class Tab:
         compat.event(b["ckpt"].click, on_ckpt, {self.model}, [self.message, self.source])
         compat.event(b["cancel"].click, lambda: _noted(handlers.cancel()), None, [self.message])
         compat.event(b["wizard"].click, on_wizard, everything | {self.vram}, widget_outputs)
-        compat.event(self.create.click, on_create, {self.new_name, self.source},
+        compat.event(self.create.click, on_create, {self.new_name, self.source, self.model_type},
                      [self.message, self.model, self.model_info])
         compat.event(self.refresh_models.click,
                      lambda: gr.update(choices=handlers.model_choices()), None, [self.model])
