@@ -6,6 +6,7 @@ Components are kept by name; every event takes a *set* of inputs, so handlers re
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 
 import gradio as gr
@@ -180,7 +181,9 @@ class Tab:
     def _poll(self, last):
         """Live panel; components whose content did not change get a no-op update (no flicker)."""
         data = handlers.poll()
-        sig = {key: repr(data[key]) for key in ("status", "samples", "charts", "log")}
+        sig = {key: repr(data[key]) for key in ("status", "log")}
+        for key in ("samples", "charts"):  # charts keep their file names: their times tell a redraw
+            sig[key] = repr([(path, os.path.getmtime(path)) for path in data[key]])
         last = last or {}
         out = []
         for key in ("status", "samples", "charts", "log"):
