@@ -105,7 +105,8 @@ def _trainer_config(spec: dict):
 
     values = {  # the trainer's defaults, at the benchmark's batch, LR, resolution and steps; nothing saved
         "train_batch_size": spec["batch"], "learning_rate": spec["lr"], "resolution": spec["resolution"],
-        "seed": spec["seed"], "gradient_checkpointing": spec["gradient_checkpointing"], "save_embedding_every": 0, "save_preview_every": 0,
+        "seed": spec["seed"], "gradient_checkpointing": spec["gradient_checkpointing"],
+        "save_embedding_every": 0, "save_preview_every": 0,
         "save_ckpt_after": False, "save_ckpt_cancel": False, "save_state_after": False, "save_state_cancel": False,
         "concepts_list": [{"instance_data_dir": spec["images"], "instance_prompt": PROMPT,
                            "n_save_sample": spec.get("samples", 0), "sample_seed": 1,
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scaling-sizes", default=",".join(map(str, SCALING_SIZES)), help=argparse.SUPPRESS)
     parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps for --scaling (default 20)")
     parser.add_argument("--workdir", type=Path, help="keep the generated model and images here (default: temp)")
-    parser.add_argument("--out", type=Path, default=Path("bench_result.json"), help="JSON record (default ./bench_result.json)")
+    parser.add_argument("--out", type=Path, default=Path("bench_result.json"),
+                        help="JSON record (default ./bench_result.json)")
     return parser
 
 
@@ -281,8 +283,9 @@ def _run(args, root: Path, log) -> int:
                 spec["set"] = args.set
             results[kind] = run_worker(spec)
             r = results[kind]
-            log(f"  pair {pair + 1} {kind:9s}: {r['samples_per_s']:6.2f} samples/s, {r['s_per_step'] * 1000:6.1f} ms/step, "
-                f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f", peak VRAM {r['peak_vram_mb']:.0f} MB" if r['peak_vram_mb'] else ""))
+            vram = f", peak VRAM {r['peak_vram_mb']:.0f} MB" if r["peak_vram_mb"] else ""
+            log(f"  pair {pair + 1} {kind:9s}: {r['samples_per_s']:6.2f} samples/s, "
+                f"{r['s_per_step'] * 1000:6.1f} ms/step, peak RSS {r['peak_rss_mb']:.0f} MB{vram}")
         reference.append(results["reference"])
         trainer.append(results["trainer"])
         speedups.append(results["trainer"]["samples_per_s"] / results["reference"]["samples_per_s"])
@@ -315,7 +318,8 @@ def _run(args, root: Path, log) -> int:
               "device_name": device_name, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
               "images": args.images, "resolution": args.resolution, "preset": args.preset, "lr": args.lr,
               "pairs": args.pairs, "trainer_settings": args.set,
-              "gradient_checkpointing": args.gradient_checkpointing, "torch_threads": args.threads or torch.get_num_threads(),
+              "gradient_checkpointing": args.gradient_checkpointing,
+              "torch_threads": args.threads or torch.get_num_threads(),
               "reference": summary["reference"], "trainer": summary["trainer"],
               "speedups": [round(s, 3) for s in speedups], "rss_ratios": [round(r, 3) for r in rss_ratios],
               "vram_ratio": None if vram_ratio is None else round(vram_ratio, 3),
@@ -334,7 +338,8 @@ def _scaling(args, root: Path, base: dict, log) -> dict:
     sizes = [int(s) for s in str(args.scaling_sizes).split(",") if s.strip()]
     rows = []
     log("")
-    log(f"scaling (trainer, {args.steps} steps, batch {args.batch}, +2 samples of {args.sample_steps} steps at the end):")
+    log(f"scaling (trainer, {args.steps} steps, batch {args.batch}, "
+        f"+2 samples of {args.sample_steps} steps at the end):")
     for size in sizes:
         paths = prepare_workdir(root, args.preset, size, args.resolution, lambda message: None)
         spec = dict(base, **paths, kind="trainer", set=args.set, samples=2, sample_steps=args.sample_steps)

@@ -140,7 +140,8 @@ def cmd_train(args) -> int:
         result = train_model(args.name, cfg, control, resume=args.resume)
     finally:
         signal.signal(signal.SIGINT, previous)
-    _print_result(result)
+    if result.main_process:  # one report per run under accelerate launch
+        _print_result(result)
     return 0
 
 

@@ -102,7 +102,8 @@ _BATCHING = [
        "Recompute activations in the backward pass: much less VRAM, about 20% slower."),
     _f("compile_unet", bool, False, "Batching", "Compile the UNet (torch.compile)",
        "Opt-in: compile the UNet for faster steps on some GPUs. The first steps take minutes while it "
-       "compiles (needs a C/C++ compiler on a CPU); measure with `python -m dreambooth bench --set compile_unet=true`."),
+       "compiles (needs a C/C++ compiler on a CPU); measure it with "
+       "`python -m dreambooth bench --set compile_unet=true`."),
     _f("max_grad_norm", float, 1.0, "Batching", "Max grad norm",
        "Clip the gradient norm to this value (0 = no clipping).", minimum=0, maximum=1000),
 ]

@@ -27,6 +27,29 @@ def demo_images(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_parts(tmp_path_factory):
+    """(unet, vae, text_encoder, tokenizer) of the tiny preset, built in memory once."""
+    from transformers import CLIPTokenizer
+
+    from dreambooth.convert.tokenizer import write_clip_tokenizer
+    from dreambooth.tiny import build_components
+
+    parts = build_components("tiny")
+    folder = write_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return parts["unet"], parts["vae"], parts["text_encoder"], CLIPTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture
+def one_image(demo_images, tmp_path):
+    """A folder holding only the first demo image (overfit and one-step cases)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    first = sorted(demo_images.glob("*.png"))[0]
+    (folder / first.name).write_bytes(first.read_bytes())
+    return folder
+
+
 @pytest.fixture
 def models_root(tmp_path, monkeypatch):
     root = tmp_path / "models"

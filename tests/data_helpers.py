@@ -3,22 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_parts(tmp_path_factory):
-    """(unet, vae, text_encoder, tokenizer) of the tiny preset, built in memory once."""
-    from transformers import CLIPTokenizer
-
-    from dreambooth.convert.tokenizer import write_clip_tokenizer
-    from dreambooth.tiny import build_components
-
-    parts = build_components("tiny")
-    folder = write_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-    return parts["unet"], parts["vae"], parts["text_encoder"], CLIPTokenizer.from_pretrained(str(folder))
-
-
 def write_image(path: Path, width: int, height: int, seed: int = 0, caption: str | None = None) -> Path:
     import numpy as np
     from PIL import Image

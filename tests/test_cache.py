@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import quick_config
-from data_helpers import build, pairs_for, tiny_parts, write_image  # noqa: F401 (fixture)
+from data_helpers import build, pairs_for, write_image
 from dreambooth.train.loop import Trainer
 from dreambooth.train.metrics import read_metrics
 from dreambooth.train.text import encode_text

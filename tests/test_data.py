@@ -3,7 +3,7 @@ import random
 
 import torch
 
-from data_helpers import build, pairs_for, tiny_parts, write_image  # noqa: F401 (fixture)
+from data_helpers import build, pairs_for, write_image
 from dreambooth.data import buckets, captions
 
 

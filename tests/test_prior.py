@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import quick_config
-from data_helpers import build, pairs_for, tiny_parts, write_image  # noqa: F401 (fixture)
+from data_helpers import build, pairs_for, write_image
 from dreambooth.data.class_images import load_class_images
 from dreambooth.train.control import TrainControl
 from dreambooth.train.loop import Trainer

@@ -24,15 +24,6 @@ def sd2_checkpoints(tmp_path_factory):
             for preset in ("tiny-v2", "tiny-v2v")}
 
 
-@pytest.fixture
-def one_image(demo_images, tmp_path):
-    folder = tmp_path / "one"
-    folder.mkdir()
-    first = sorted(demo_images.glob("*.png"))[0]
-    (folder / first.name).write_bytes(first.read_bytes())
-    return folder
-
-
 def _working_weights(folder):
     out = {}
     for name, file in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),

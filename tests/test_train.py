@@ -19,12 +19,8 @@ def _unet_weights(model):
     return load_file(str(model.working / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_loss_falls_on_one_image_overfit(tiny_model, demo_images, tmp_path):
-    single = tmp_path / "one"
-    single.mkdir()
-    first = sorted(demo_images.glob("*.png"))[0]
-    (single / first.name).write_bytes(first.read_bytes())
-    cfg = quick_config(single, num_train_epochs=30, learning_rate=1e-3, seed=0)
+def test_loss_falls_on_one_image_overfit(tiny_model, one_image):
+    cfg = quick_config(one_image, num_train_epochs=30, learning_rate=1e-3, seed=0)
     result = Trainer(tiny_model, cfg).run()
     losses = [row["loss"] for row in read_metrics(tiny_model.logging)]
     assert result.steps == 30 and len(losses) == 30

@@ -14,15 +14,6 @@ from dreambooth.train.loop import Trainer
 from dreambooth.train.snapshot import list_snapshots
 
 
-@pytest.fixture
-def one_image(demo_images, tmp_path):
-    folder = tmp_path / "one"
-    folder.mkdir()
-    first = sorted(demo_images.glob("*.png"))[0]
-    (folder / first.name).write_bytes(first.read_bytes())
-    return folder
-
-
 def _unet_file(model):
     return model.working / "unet" / "diffusion_pytorch_model.safetensors"
 

@@ -40,6 +40,7 @@ class TrainResult:
     samples: list[Path] = field(default_factory=list)
     charts: list[Path] = field(default_factory=list)
     last_loss: float | None = None
+    main_process: bool = True  # False in the other processes of a data-parallel run
 
 
 class Trainer:
@@ -108,7 +109,7 @@ class Trainer:
         self.log(f"training {len(self.training_set)} images, {self.plan.epochs} epochs, "
                  f"{self.plan.steps_per_epoch} steps per epoch ({self.plan.total_steps} steps), "
                  f"batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps}, seed {self.seed}, "
-                 f"device {self.device}, precision {accelerator.mixed_precision}")
+                 f"device {self.device}, precision {accelerator.mixed_precision}, attention {models.attention}")
 
     def _restore(self) -> None:
         from ..errors import DreamboothError
@@ -139,7 +140,7 @@ class Trainer:
     # the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         self._prepare()
-        result = TrainResult("done", 0, self.start_revision)
+        result = TrainResult("done", 0, self.start_revision, main_process=self.accelerator.is_main_process)
         self.result = result
         self._epochs_done = self.start_epoch
         self._batches_done = self.skip_batches
@@ -189,7 +190,7 @@ class Trainer:
         for group_index, group in enumerate(groups):
             if group_index * accumulation < skip:
                 continue
-            if self.control.cancel_requested.is_set():
+            if self._any_process(self.control.cancel_requested.is_set()):
                 return True
             self._optimizer_step(group)
             self._batches_done = min(len(batches), (group_index + 1) * accumulation)
@@ -243,8 +244,18 @@ class Trainer:
                                           ~torch.isfinite(loss))
         if self.device.type != "cpu" and (self.global_step + 1) % LOG_EVERY:
             return
-        if bool(self._bad_loss):
+        if self._any_process(bool(self._bad_loss)):
             raise NonFiniteLoss(self.global_step + 1)
+
+    def _any_process(self, flag: bool) -> bool:
+        """Under data-parallel training every process must stop at the same step, or the others hang
+        waiting for its gradients: a stop seen by one process is agreed by all."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        import torch
+
+        votes = self.accelerator.reduce(torch.tensor([float(flag)], device=self.device), reduction="sum")
+        return bool(votes.item() > 0)
 
     def _stop_on_nan(self, stop: NonFiniteLoss) -> None:
         """Nothing is saved: working/, the checkpoints and the snapshots keep the last good weights."""

@@ -47,6 +47,7 @@ class Models:
     text_encoder: object
     tokenizer: object
     scheduler_config: dict
+    attention: str = "sdpa"
 
 
 def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
@@ -61,23 +62,26 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    use_fast_attention(unet, device)
+    attention = use_fast_attention(unet, device)
     if cfg.compile_unet:  # in place: the module (state_dict, save_pretrained) stays a plain UNet
         unet.compile()
-    return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config))
+    return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config), attention)
 
 
 def use_fast_attention(unet, device) -> str:
-    """xformers on CUDA when it is importable and works; otherwise diffusers' default, PyTorch SDPA."""
-    if getattr(device, "type", str(device)) == "cuda":
-        try:
-            import xformers.ops  # noqa: F401
+    """xformers on CUDA when it is importable and works; otherwise diffusers' default, PyTorch SDPA.
 
-            unet.enable_xformers_memory_efficient_attention()
-            return "xformers"
-        except Exception:  # not installed, or built for another torch/CUDA: SDPA is nearly as good
-            pass
-    return "sdpa"
+    Returns what is used, with the reason when xformers was wanted but could not be used."""
+    if getattr(device, "type", str(device)) != "cuda":
+        return "sdpa"
+    try:
+        import xformers.ops  # noqa: F401
+
+        unet.enable_xformers_memory_efficient_attention()
+        return "xformers"
+    except (ImportError, RuntimeError, ValueError, NotImplementedError) as error:
+        # not installed, or built for another torch/CUDA: SDPA is nearly as fast
+        return f"sdpa (xformers unusable: {error})"
 
 
 def text_encoder_epochs(stop_ratio: float, epochs: int) -> int:
