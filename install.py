@@ -82,7 +82,8 @@ def webui_launch():
         return None
     try:
         import launch
-    except Exception:
+    except Exception as error:  # the WebUI's module, not ours: any failure means "use pip directly"
+        print(f"dreambooth: the WebUI's launch module cannot be imported ({error}); using pip directly")
         return None
     return launch if hasattr(launch, "run_pip") else None
 

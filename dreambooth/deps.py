@@ -54,14 +54,15 @@ def satisfies(version: str, spec: str) -> bool:
     if not spec:
         return True
     try:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-
-        return SpecifierSet(spec).contains(Version(version), prereleases=True)
-    except ImportError:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion, Version
+    except ImportError:  # no packaging: the small comparison below
         pass
-    except Exception:
-        return False
+    else:
+        try:
+            return SpecifierSet(spec).contains(Version(version), prereleases=True)
+        except (InvalidSpecifier, InvalidVersion):
+            return False
     ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b,
            "!=": lambda a, b: a != b, ">": lambda a, b: a > b, "<": lambda a, b: a < b,
            "~=": lambda a, b: a >= b}

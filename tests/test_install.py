@@ -28,7 +28,7 @@ def is_installed(package):
     import importlib.metadata as m
     try:
         return bool(m.version(package))
-    except Exception:
+    except m.PackageNotFoundError:
         return False
 def run_pip(command, desc=None, live=False):
     with open(os.environ["FAKE_LAUNCH_LOG"], "a") as f:
