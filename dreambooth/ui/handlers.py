@@ -110,7 +110,7 @@ def model_info(model: str | None) -> str:
         cfg, _ = actions.load_params(model)
     except DreamboothError as error:
         return str(error)
-    return (f"type {cfg.model_type} · revision {cfg.revision} · epoch {cfg.epoch} · "
+    return (f"{model}: type {cfg.model_type} · revision {cfg.revision} · epoch {cfg.epoch} · "
             f"source {Path(cfg.src).name if cfg.src else '-'}")
 
 
@@ -289,4 +289,5 @@ def poll() -> dict:
     status = runner().status()
     return {"status": status_text(status, runner().last_kind()), "samples": [p for p in status.samples if os.path.exists(p)],
             "charts": [p for p in status.charts if os.path.exists(p)],
-            "log": "\n".join(reversed(runner().log_lines()[-200:])), "busy": runner().busy()}
+            "log": "\n".join(reversed(runner().log_lines()[-200:])), "busy": runner().busy(),
+            "model": status.model_name}

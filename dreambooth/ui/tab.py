@@ -172,7 +172,7 @@ class Tab:
         compat.event(self.refresh_sources.click,
                      lambda: gr.update(choices=handlers.source_choices()), None, [self.source])
         compat.event(self.model.change, handlers.model_info, [self.model], [self.model_info])
-        outputs = [self.status, self.samples, self.charts, self.log, self.poll_sig]
+        outputs = [self.status, self.samples, self.charts, self.log, self.model_info, self.poll_sig]
         from .settings import option
 
         seconds = float(option("dreambooth_status_poll_seconds") or POLL_SECONDS)
@@ -191,6 +191,10 @@ class Tab:
                 out.append(gr.update())
             else:
                 out.append(data[key])
+        # the job's model moves on (revision, epoch): re-read its info when the status changes. The info
+        # names its model, and gradio 3 polls cannot read the dropdown's current value.
+        changed = data["model"] and last.get("status") != sig["status"]
+        out.append(handlers.model_info(data["model"]) if changed else gr.update())
         return (*out, sig)
 
 

@@ -116,7 +116,8 @@ def test_create_train_ckpt_in_browser(server):
 
         page.locator("#db_train").click()
         wait_text(page, "db_message", "training 'demo' started", 60)
-        status = wait_text(page, "db_status", "done: demo · epoch 2/2", 300)
+        wait_text(page, "db_status", "done: demo · epoch 2/2", 300)
+        wait_text(page, "db_model_info", "revision 12", 30)  # the model's info follows the training
         page.locator("#db_sample_gallery img").first.wait_for(timeout=60_000)
         page.locator("#db_charts img").first.wait_for(timeout=60_000)
         assert "training 'demo' done" in text_of(page, "db_log")
