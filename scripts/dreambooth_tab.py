@@ -78,8 +78,8 @@ def on_ui_settings():
         from modules import shared
 
         importlib.import_module("dreambooth.ui.settings").add_settings(shared)
-    except Exception:
-        log.exception("dreambooth: adding settings failed")
+    except Exception as error:  # one broken part must not take the WebUI down: log it with its traceback
+        log.exception("dreambooth: adding settings failed: %s", error)
 
 
 def on_app_started(demo, app):
@@ -89,8 +89,8 @@ def on_app_started(demo, app):
         api_auth = importlib.import_module("dreambooth.host").host_api_auth()  # the WebUI's --api-auth
         importlib.import_module("dreambooth.api").register_routes(app, api_auth=api_auth)
         app._dreambooth_routes = True
-    except Exception:
-        log.exception("dreambooth: registering the REST routes failed")
+    except Exception as error:  # the tab still works without its routes
+        log.exception("dreambooth: registering the REST routes failed: %s", error)
 
 
 def on_script_unloaded():
@@ -102,8 +102,8 @@ def on_script_unloaded():
     if cleanup is not None:
         try:
             cleanup()
-        except Exception:
-            log.exception("dreambooth: tab cleanup failed")
+        except Exception as error:  # Reload UI must go on
+            log.exception("dreambooth: tab cleanup failed: %s", error)
 
 
 script_callbacks.on_ui_tabs(on_ui_tabs)
