@@ -127,3 +127,10 @@ def test_offset_noise_shifts_each_channel():
     shift = (offset - plain)
     assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)  # constant per image, channel
     assert shift[:, :, 0, 0].std().item() == pytest.approx(0.5, rel=0.25)
+
+
+def test_resume_with_another_optimizer_is_a_clear_error(tiny_model, demo_images):
+    Trainer(tiny_model, quick_config(demo_images, num_train_epochs=1)).run()
+    changed = quick_config(demo_images, num_train_epochs=2, optimizer="Adafactor")
+    with pytest.raises(DreamboothError, match="holds Torch AdamW state, but optimizer is Adafactor"):
+        Trainer(tiny_model, changed, resume=True).run()

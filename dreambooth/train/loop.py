@@ -127,7 +127,17 @@ class Trainer:
             load_text_encoder_weights(self.models.text_encoder, snap["weights"]["text_encoder"])
         if self.ema is not None and "ema_unet" in snap["weights"]:
             self.ema.load_state_dict(snap["weights"]["ema_unet"])
-        self.optimizer.load_state_dict(snap["optimizer"])
+        saved_with = state.get("optimizer", self.cfg.optimizer)
+        if saved_with != self.cfg.optimizer:
+            raise DreamboothError(
+                f"snapshot {path.name} holds {saved_with} state, but optimizer is {self.cfg.optimizer}: set "
+                f"optimizer back to {saved_with}, or train without --resume", field="optimizer")
+        try:
+            self.optimizer.load_state_dict(snap["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise DreamboothError(
+                f"snapshot {path.name} was saved with other optimizer settings ({error}): use the optimizer and "
+                "stop_text_encoder it was trained with, or train without --resume", field="optimizer") from None
         self.lr_scheduler.load_state_dict(snap["scheduler"])
         self.generator.set_state(snap["generator"])
         self.seed = state["seed"]
@@ -358,7 +368,8 @@ class Trainer:
                             charts=[str(p) for p in drawn])
 
     def snapshot_state(self) -> dict:
-        return {"seed": self.seed, "global_step": self.global_step, "epochs_done": self._epochs_done,
+        return {"seed": self.seed, "optimizer": self.cfg.optimizer, "global_step": self.global_step,
+                "epochs_done": self._epochs_done,
                 "batches_done_in_epoch": self._batches_done, "total_steps": self.plan.total_steps}
 
     def save_config(self) -> None:
