@@ -17,52 +17,58 @@ DEMO_MODEL = "demo"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dreambooth", description="Dreambooth training for Stable Diffusion.")
-    parser.add_argument("--models-dir", help="models root holding dreambooth/ and Stable-diffusion/ "
-                                             "(default: $DREAMBOOTH_MODELS_DIR or ./models)")
+    models_dir = argparse.ArgumentParser(add_help=False)  # accepted before or after the command
+    models_dir.add_argument("--models-dir", default=argparse.SUPPRESS,
+                            help="models root holding dreambooth/ and Stable-diffusion/ "
+                                 "(default: $DREAMBOOTH_MODELS_DIR, the WebUI's models folder, or ./models)")
+    parser = argparse.ArgumentParser(prog="python -m dreambooth", description="Dreambooth training for Stable Diffusion.",
+                                     parents=[models_dir])
     commands = parser.add_subparsers(dest="command", metavar="command")
 
-    serve = commands.add_parser("serve", help="serve the Dreambooth tab standalone (the default)")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[models_dir], **kwargs)
+
+    serve = command("serve", help="serve the Dreambooth tab standalone (the default)")
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--listen", action="store_true", help="listen on all interfaces, not only 127.0.0.1")
 
-    create = commands.add_parser("create", help="create a model from a checkpoint or diffusers folder")
+    create = command("create", help="create a model from a checkpoint or diffusers folder")
     create.add_argument("name")
     create.add_argument("--source", required=True, help=".safetensors/.ckpt file, diffusers folder, or a file "
                                                         "name in models/Stable-diffusion")
     create.add_argument("--model-type", choices=("v1x", "v2x-512", "v2x"), default=None,
                         help="override the detected model type (v2x = SD2.x 768 v-prediction)")
 
-    params = commands.add_parser("params", help="show or change a model's parameters (db_config.json)")
+    params = command("params", help="show or change a model's parameters (db_config.json)")
     params.add_argument("name")
     params.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a parameter (JSON for lists/objects); repeatable")
     params.add_argument("--show", action="store_true", help="list every parameter with its help and range")
 
-    train = commands.add_parser("train", help="train a model (Ctrl-C cancels and saves)")
+    train = command("train", help="train a model (Ctrl-C cancels and saves)")
     train.add_argument("name")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="change a parameter for this run (saved to db_config.json); repeatable")
     train.add_argument("--resume", action="store_true", help="continue from the newest resume snapshot")
 
-    ckpt = commands.add_parser("ckpt", help="Generate Ckpt: write the model as one checkpoint file")
+    ckpt = command("ckpt", help="Generate Ckpt: write the model as one checkpoint file")
     ckpt.add_argument("name")
     ckpt.add_argument("--half", action="store_true", default=None, help="fp16 weights")
     ckpt.add_argument("--subdir", action="store_true", default=None, help="into Stable-diffusion/<name>/")
 
-    samples = commands.add_parser("samples", help="generate sample images from the model's current weights")
+    samples = command("samples", help="generate sample images from the model's current weights")
     samples.add_argument("name")
 
-    commands.add_parser("list", help="list the models")
+    command("list", help="list the models")
 
-    tiny = commands.add_parser("tiny-checkpoint", help="write the embedded tiny SD1.x checkpoint (random weights)")
+    tiny = command("tiny-checkpoint", help="write the embedded tiny SD1.x checkpoint (random weights)")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--preset", choices=("tiny", "small", "tiny-v2", "tiny-v2v"), default="tiny")
     tiny.add_argument("--seed", type=int, default=0)
 
-    commands.add_parser("demo", help="tiny checkpoint → create → train 2 epochs → ckpt, on any CPU")
+    command("demo", help="tiny checkpoint → create → train 2 epochs → ckpt, on any CPU")
 
-    bench = commands.add_parser("bench", help="benchmark the trainer against a textbook training loop")
+    bench = command("bench", help="benchmark the trainer against a textbook training loop")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.models_dir:
+    if getattr(args, "models_dir", None):
         os.environ["DREAMBOOTH_MODELS_DIR"] = str(Path(args.models_dir).expanduser().resolve())
     try:
         return COMMANDS[args.command or "serve"](args)

@@ -108,3 +108,10 @@ def test_bad_input_exits_2_with_one_line(tiny_model, models_root, args, fragment
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
     assert _files(models_root) == before  # nothing half-written
+
+
+def test_models_dir_before_or_after_the_command(tiny_model, models_root, monkeypatch, tmp_path, capsys):
+    for args in (["list", "--models-dir", str(models_root)], ["--models-dir", str(models_root), "list"]):
+        monkeypatch.setenv("DREAMBOOTH_MODELS_DIR", str(tmp_path / "elsewhere"))
+        assert main(args) == 0
+        assert capsys.readouterr().out.split() == ["tiny"]
