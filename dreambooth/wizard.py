@@ -48,7 +48,9 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         reasons.append("no GPU: mixed_precision = no (fp16 falls back to fp32 on a CPU); "
                        "train_batch_size = 1 and sample_batch_size = 1 (CPU time grows with the batch)")
         reasons.append("no GPU: gradient_checkpointing = False (RAM is plentiful, it only costs time)")
-        reasons.append("no GPU: optimizer = Torch AdamW (8bit AdamW needs CUDA)")
+        reasons.append("no GPU: optimizer = Torch AdamW (fused on a CPU; 8bit AdamW saves RAM there but is slower)")
+        changes.update(stop_text_encoder=0.0, use_ema=False)
+        reasons.append("no GPU: stop_text_encoder = 0 and use_ema = False (each costs time on a CPU)")
     else:
         changes["mixed_precision"] = "fp16"
         reasons.append("mixed_precision = fp16: halves activation memory on a GPU")
@@ -71,6 +73,14 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
                        f"for {model_type}" + (f" (capped at the {images} images)" if batch > images else ""))
         changes["sample_batch_size"] = 4 if eff >= 24 else 2 if eff >= 12 else 1
         reasons.append(f"sample_batch_size = {changes['sample_batch_size']}: previews/class images per batch")
+        changes["stop_text_encoder"] = 0.75 if eff >= 16 else 0.0
+        reasons.append(f"stop_text_encoder = {changes['stop_text_encoder']}: "
+                       + ("train the text encoder for the first 75% of the epochs (better likeness)" if eff >= 16
+                          else "keep the text encoder frozen below 16 GB (and its outputs cached)"))
+        changes["use_ema"] = eff >= 24
+        reasons.append(f"use_ema = {changes['use_ema']}: "
+                       + ("an EMA copy of the UNet fits in 24 GB and smooths the result" if eff >= 24
+                          else "no room for an EMA copy of the UNet below 24 GB"))
 
     # Effective batch ~ images / 5, between 1 and 8: small sets keep per-image updates, big sets smooth out.
     target = max(1, min(8, images // 5))
@@ -83,6 +93,6 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         reasons.append(f"warning: {vram:g} GB is below what a full SDXL fine-tune needs (about 12 GB with "
                        "8bit AdamW and checkpointing); expect out-of-memory errors")
     if gpu:
-        reasons.append("attention: " + ("xformers is importable, but PyTorch SDPA is used (as fast, no ABI risk)"
-                                        if xformers_available else "PyTorch SDPA (xformers not needed)"))
+        reasons.append("attention: " + ("xformers is importable and is used on CUDA (SDPA if it fails to load)"
+                                        if xformers_available else "PyTorch SDPA (as fast as xformers on recent GPUs)"))
     return changes, reasons
