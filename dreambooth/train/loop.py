@@ -51,6 +51,7 @@ class Trainer:
         self.control = control or TrainControl()
         self.resume = resume
         self.log = self.control.log
+        self._params, self._params_for = [], None  # see _trained_parameters
 
     # set-up -----------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -99,6 +100,7 @@ class Trainer:
         self.noise_scheduler = DDPMScheduler.from_config(models.scheduler_config)
         self.seed = pick_seed(cfg.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss so far
         self.global_step = 0
         self.start_revision = cfg.revision
         self.start_epoch = 0
@@ -235,11 +237,16 @@ class Trainer:
         self.metrics.add(total_loss, step=self.global_step, epoch=self._epochs_done + 1, lr=lr,
                          memory_mb=memory_mb(self.device), memory_kind=self._memory_kind(), prior_loss=total_prior)
 
-    def _trained_parameters(self):
-        params = list(self.unet.parameters())
-        if self.text_encoder_training:
-            params += list(self.text_encoder.parameters())
-        return params
+    def _trained_parameters(self) -> list:
+        """The parameters being trained (clipped together); rebuilt only when the text encoder freezes,
+        since walking the modules every step costs a few milliseconds."""
+        key = self.text_encoder_training
+        if self._params_for != key:
+            params = list(self.unet.parameters())
+            if self.text_encoder_training:
+                params += list(self.text_encoder.parameters())
+            self._params, self._params_for = params, key
+        return self._params
 
     def _watch_for_nan(self, loss) -> None:
         """Stop before a non-finite loss reaches the weights that get saved.
@@ -249,9 +256,7 @@ class Trainer:
         """
         import torch
 
-        self._bad_loss = torch.logical_or(getattr(self, "_bad_loss", torch.zeros((), dtype=torch.bool,
-                                                                                  device=loss.device)),
-                                          ~torch.isfinite(loss))
+        self._bad_loss = torch.logical_or(self._bad_loss, ~torch.isfinite(loss))
         if self.device.type != "cpu" and (self.global_step + 1) % LOG_EVERY:
             return
         if self._any_process(bool(self._bad_loss)):
