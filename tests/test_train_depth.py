@@ -134,3 +134,16 @@ def test_resume_with_another_optimizer_is_a_clear_error(tiny_model, demo_images)
     changed = quick_config(demo_images, num_train_epochs=2, optimizer="Adafactor")
     with pytest.raises(DreamboothError, match="holds Torch AdamW state, but optimizer is Adafactor"):
         Trainer(tiny_model, changed, resume=True).run()
+
+
+def test_text_embeddings_are_cached_once_the_text_encoder_freezes(tiny_model, one_image):
+    from dreambooth.train.text import encode_text
+
+    trainer = Trainer(tiny_model, quick_config(one_image, num_train_epochs=2, stop_text_encoder=0.5,
+                                               txt_learning_rate=1e-3))
+    trainer.run()
+    cached = trainer.training_set.batch([0], torch.Generator().manual_seed(0)).embeddings
+    assert cached is not None  # epoch 2 used the cache
+    with torch.no_grad():
+        fresh = encode_text(trainer.models.text_encoder, trainer.training_set.input_ids[:1], 1)
+    assert torch.allclose(cached, fresh, atol=1e-6)  # ... made by the trained, frozen encoder

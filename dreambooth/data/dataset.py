@@ -19,9 +19,10 @@ come first, then their class rows, with `Batch.prior` True for the class rows.
 Latents. With cache_latents the VAE latent distributions (mean, std) are encoded once (and, with hflip,
 once more mirrored); each use draws a fresh sample mean + std * noise. Without it, `batch` runs the VAE on
 the stored pixels every time, drawing the flip and the noise from the same generator in the same order,
-so both paths give the same latents. Text embeddings are cached per distinct caption while the text
-encoder is frozen for the whole run (`cache_text`); with shuffle_tags the captions change per use and
-`batch` returns fresh input_ids with embeddings None (the loop encodes them).
+so both paths give the same latents. Text embeddings are cached per distinct caption when the text
+encoder is frozen for the whole run, and from the moment it stops training (`TrainingSet.cache_text`);
+with shuffle_tags the captions change per use and `batch` returns fresh input_ids with embeddings None
+(the loop encodes them).
 """
 from __future__ import annotations
 
@@ -225,6 +226,19 @@ class TrainingSet:
             embeddings = self.embeddings[index] if self.embeddings is not None else None
         prior = to_device([False] * len(items) + [True] * len(classes), latents.device)
         return Batch(latents, embeddings, input_ids, prior)
+
+    def cache_text(self, text_encoder, clip_skip: int, chunk: int = 64) -> None:
+        """Encode every distinct caption once, for the rest of a run whose text encoder has stopped
+        training (shuffled captions change per use and stay uncached)."""
+        import torch
+
+        from ..train.text import encode_text
+
+        if self.shuffle:
+            return
+        with torch.no_grad():
+            self.embeddings = torch.cat([encode_text(text_encoder, self.input_ids[i:i + chunk], clip_skip).float()
+                                         for i in range(0, len(self.input_ids), chunk)])
 
     def _shuffled(self, key: int, caption: str) -> str:
         return shuffle_tags(caption, self.keep_tags, random.Random(f"{self.seed}:{key}"))

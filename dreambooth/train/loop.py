@@ -198,6 +198,7 @@ class Trainer:
         if self.text_encoder_training and epoch >= self.text_encoder_epochs:
             self.text_encoder_training = False
             set_text_encoder_trainable(self.models.text_encoder, False, False)
+            self.training_set.cache_text(self.models.text_encoder, self.cfg.clip_skip)  # its outputs are fixed now
             self.log(f"text encoder frozen after {epoch} epoch(s) (stop_text_encoder {self.cfg.stop_text_encoder})")
         for group_index, group in enumerate(groups):
             if group_index * accumulation < skip:
