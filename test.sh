@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install both supported stacks (first run only) and run the test suite on each.
-#   ./test.sh            both stacks: "latest" and "webui" (AUTOMATIC1111 1.10 pins)
+# Install the supported stacks (first run only) and run the test suite on each.
+#   ./test.sh            all stacks: "latest", "webui" (AUTOMATIC1111 1.10 pins) and "forge" (gradio 4.x)
 #   ./test.sh latest     one stack;  extra arguments after it go to pytest
 set -uo pipefail
 cd "$(dirname "$0")"
 python=${PYTHON:-python3}
-stacks=("latest" "webui")
+stacks=("latest" "webui" "forge")
 if [ $# -gt 0 ] && [ -f "constraints/$1.txt" ]; then stacks=("$1"); shift; fi
 
 install_stack() {  # $1 = stack name; venv in .venv-<stack>
@@ -15,9 +15,8 @@ install_stack() {  # $1 = stack name; venv in .venv-<stack>
   "$python" -m venv "$venv" || return 1
   "$venv/bin/pip" install -q --upgrade pip || return 1
   "$venv/bin/pip" install -q torch==2.13.0 || return 1
-  local extra=()
-  [ "$1" = webui ] && extra=(fastapi httpx httpcore)
-  "$venv/bin/pip" install -q -c "constraints/$1.txt" gradio transformers "${extra[@]}" \
+  # the constraints file pins the host's packages (fastapi, httpx, pydantic, ...) wherever pip meets them
+  "$venv/bin/pip" install -q -c "constraints/$1.txt" gradio transformers \
       -r requirements.txt -r requirements-test.txt || return 1
   touch "$venv/.installed"
 }
