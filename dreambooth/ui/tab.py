@@ -13,6 +13,7 @@ import gradio as gr
 
 from ..errors import DreamboothError
 from ..jobs import runner
+from .. import deps
 from . import compat, handlers
 from .concepts_panel import build_concepts_panel
 from .params_panel import build_params_panel
@@ -89,7 +90,9 @@ class Tab:
                     with gr.Tab("Concepts", id="db_concepts_tab"):
                         self.widgets.update(build_concepts_panel())
             with gr.Column(scale=2, elem_id="db_output_col"):
-                self.message = gr.Textbox(label="Message", lines=3, interactive=False, elem_id="db_message")
+                # packages install.py could not install are named here, with the command to run
+                self.message = gr.Textbox(label="Message", lines=3, interactive=False, elem_id="db_message",
+                                          value=deps.missing_message() or "")
                 self.status = gr.Textbox(label="Status", value="idle", interactive=False, elem_id="db_status")
                 self.samples = compat.gallery(label="Samples", columns=2, height=280, elem_id="db_sample_gallery")
                 self.charts = compat.gallery(label="Charts", columns=3, height=200, elem_id="db_charts")
