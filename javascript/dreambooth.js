@@ -60,7 +60,7 @@
         var area = log && log.querySelector("textarea");
         if (area && area.value !== lastLog) {
             lastLog = area.value;
-            area.scrollTop = area.scrollHeight;
+            area.scrollTop = 0;  // the log lists the newest line first
         }
         var status = find("db_status");
         var box = status && status.querySelector("textarea, input");

@@ -32,12 +32,15 @@ def no_progress() -> dict:
     return {"show_progress": "hidden" if GRADIO_MAJOR >= 4 else False}
 
 
-def textbox_kwargs(copy_button: bool = False) -> dict:
-    if not copy_button:
-        return {}
-    if GRADIO_MAJOR >= 6:
-        return {"buttons": ["copy"]}
-    return {"show_copy_button": True}
+def textbox_kwargs(copy_button: bool = False, newest_first: bool = False) -> dict:
+    """Copy button (3.x/4.x `show_copy_button`, 6.x `buttons`); `newest_first` stops gradio 4+ from
+    scrolling to the bottom on every update (the newest line is at the top)."""
+    kwargs = {}
+    if copy_button:
+        kwargs.update({"buttons": ["copy"]} if GRADIO_MAJOR >= 6 else {"show_copy_button": True})
+    if newest_first and GRADIO_MAJOR >= 4:
+        kwargs["autoscroll"] = False
+    return kwargs
 
 
 def enable_queue(blocks, concurrency: int = 4):

@@ -97,7 +97,7 @@ class Tab:
                 self.samples = compat.gallery(label="Samples", columns=2, height=280, elem_id="db_sample_gallery")
                 self.charts = compat.gallery(label="Charts", columns=3, height=200, elem_id="db_charts")
                 self.log = gr.Textbox(label="Log (newest first)", lines=10, max_lines=10, interactive=False, elem_id="db_log",
-                                      **compat.textbox_kwargs(copy_button=True))
+                                      **compat.textbox_kwargs(copy_button=True, newest_first=True))
                 self.poll_sig = gr.State(None)
 
     # events ---------------------------------------------------------------------------------------
