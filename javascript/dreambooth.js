@@ -2,7 +2,7 @@
 //  - confirm before Cancel (#db_cancel, or any element with class "db-confirm" + data-confirm/title)
 //  - hints: a title on the top buttons
 //  - status refresh: keep the log scrolled to its newest line; show training progress in the page title
-// Works in the WebUI (gradio 3.41 / 4.x, loaded from javascript/) and standalone (gradio 6, via head=).
+// Works in the WebUI (loaded from javascript/) and standalone (run by a load event of the tab).
 (function () {
     "use strict";
 

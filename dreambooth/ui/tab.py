@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from pathlib import Path
 
 import gradio as gr
 
@@ -20,6 +21,7 @@ from .params_panel import build_params_panel
 
 log = logging.getLogger("dreambooth")
 POLL_SECONDS = 1.0
+SCRIPT = Path(__file__).resolve().parents[2] / "javascript" / "dreambooth.js"
 CREATE_MODEL_TYPES = ("detect", "v1x", "v2x-512", "v2x")
 TOP_BUTTONS = (("save", "Save Params"), ("load", "Load Params"), ("ckpt", "Generate Ckpt"),
                ("samples", "Generate Samples"), ("cancel", "Cancel"), ("train", "Train"),
@@ -50,6 +52,8 @@ class Tab:
         with compat.blocks(css=css, title="Dreambooth", standalone=standalone) as blocks:
             self._layout()
             self._wire(blocks)
+            if standalone and SCRIPT.is_file():  # the WebUI loads javascript/ itself
+                compat.event(blocks.load, None, js="() => {\n" + SCRIPT.read_text(encoding="utf-8") + "\n}")
         self.blocks = blocks
         return blocks
 

@@ -96,6 +96,9 @@ def test_create_train_ckpt_in_browser(server):
         page.goto(url)
         page.locator("#db_train").wait_for(timeout=60_000)
 
+        # javascript/dreambooth.js is active standalone too: hints on the buttons
+        hint = page.locator("#db_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
+        assert hint.startswith("Start training")
         page.locator("#db_train").click()  # bad input: no model selected
         wait_text(page, "db_message", "no model selected", 30)
         page.screenshot(path=str(shots / "01_tab_no_model.png"), full_page=True)
@@ -114,6 +117,9 @@ def test_create_train_ckpt_in_browser(server):
         assert "dreambooth_demo_images" in text_of(page, "db_concept0_instance_data_dir")
         page.screenshot(path=str(shots / "02_concepts.png"), full_page=True)
 
+        # javascript/dreambooth.js is active standalone too: hints on the buttons
+        hint = page.locator("#db_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
+        assert hint.startswith("Start training")
         page.locator("#db_train").click()
         wait_text(page, "db_message", "training 'demo' started", 60)
         wait_text(page, "db_status", "done: demo · epoch 2/2", 300)
@@ -133,6 +139,16 @@ def test_create_train_ckpt_in_browser(server):
         # the open list: ul.options (gradio 3) / ul.option-list (gradio 6), inside or beside the block
         page.locator("ul.options li, ul.option-list li", has_text=path.name).first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / "04_ckpt_listed.png"), full_page=True)
+        page.keyboard.press("Escape")
+
+        # Cancel asks first (javascript/dreambooth.js): declining sends nothing, accepting does
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.locator("#db_cancel").click()
+        page.wait_for_timeout(1500)
+        assert "nothing to cancel" not in text_of(page, "db_message")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#db_cancel").click()
+        wait_text(page, "db_message", "nothing to cancel", 30)
         browser.close()
     sources = json.load(urllib.request.urlopen(url + "/dreambooth/sources"))["sources"]
     assert str(path) in sources
