@@ -5,7 +5,6 @@ has API auth (A1111 `--api-auth user:pass[,user:pass]`), the routes require the 
 Works with fastapi 0.94 / pydantic 1 (A1111) and current fastapi / pydantic 2: bodies are read as plain JSON.
 (No `from __future__ import annotations` here: FastAPI must see the real Request/Depends annotations.)
 """
-import secrets
 from typing import Callable
 
 from .errors import DreamboothError
@@ -22,15 +21,6 @@ def _status_code(error: DreamboothError) -> int:
     return 400
 
 
-def _parse_auth(api_auth: str | None) -> dict[str, str]:
-    users = {}
-    for item in (api_auth or "").split(","):
-        user, sep, password = item.strip().partition(":")
-        if sep and user:
-            users[user] = password
-    return users
-
-
 def register_routes(app, api_auth: str | None = USE_HOST_AUTH) -> None:
     """Add the routes to `app`. `api_auth`: "user:pass[,user:pass]", None = open, default = the host's
     (WebUI --api-auth; standalone env DREAMBOOTH_API_AUTH)."""
@@ -39,18 +29,14 @@ def register_routes(app, api_auth: str | None = USE_HOST_AUTH) -> None:
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
     from starlette.concurrency import run_in_threadpool
 
-    if api_auth == USE_HOST_AUTH:
-        from . import host
+    from . import host
 
-        api_auth = host.host_api_auth() if hasattr(host, "host_api_auth") else None
-    users = _parse_auth(api_auth)
+    users = host.parse_api_auth(host.host_api_auth() if api_auth == USE_HOST_AUTH else api_auth)
     basic = HTTPBasic(auto_error=False)
 
     def check_auth(credentials: HTTPBasicCredentials = Depends(basic)):
-        if not users:
-            return
-        if credentials is not None and credentials.username in users and secrets.compare_digest(
-                credentials.password.encode(), users[credentials.username].encode()):
+        username, password = (credentials.username, credentials.password) if credentials else (None, None)
+        if host.check_api_auth(username, password, users):
             return
         raise HTTPException(status_code=401, detail="Incorrect username or password",
                             headers={"WWW-Authenticate": "Basic"})
@@ -170,13 +156,13 @@ def _cancel(args: dict) -> dict:
 
 def _start_training(args: dict) -> dict:
     from . import actions
+    from .data.dataset import check_concepts
     from .jobs import runner
-    from .jobs import check_concepts
 
     name = _name(args)
     cfg, _ = actions.load_params(name)
     _apply(cfg, args.get("params"))
-    count = check_concepts(cfg)
+    count = check_concepts(cfg.concepts())
     runner().start_training(name, cfg, resume=bool(args.get("resume", False)))
     return {"message": f"training '{name}' started ({count} images)", "_status": 202}
 

@@ -150,10 +150,7 @@ class TrainConfig:
         data.update(self.extras)
         return data
 
-    def copy(self) -> "TrainConfig":
-        return TrainConfig(json.loads(json.dumps(self._values)), self.extras)
-
-    def concepts(self, base_dir: Path | None = None) -> list[Concept]:
+    def concepts(self) -> list[Concept]:
         """The concepts to train: from concepts_path when use_concepts is set, else concepts_list."""
         if self.use_concepts and self.concepts_path.strip():
             return load_concepts_source(self.concepts_path)

@@ -211,19 +211,25 @@ def host_api_auth() -> str | None:
     return text.strip() or None if isinstance(text, str) else None
 
 
-def api_credentials() -> dict[str, str]:
-    """host_api_auth() parsed: user -> password ({} = no auth)."""
+def parse_api_auth(text: str | None) -> dict[str, str]:
+    """"user:pass[,user2:pass2]" -> {user: password} ({} = no auth)."""
     credentials = {}
-    for item in (host_api_auth() or "").split(","):
+    for item in (text or "").split(","):
         user, sep, password = item.strip().partition(":")
         if sep and user:
             credentials[user] = password
     return credentials
 
 
-def check_api_auth(username: str | None, password: str | None) -> bool:
-    """Constant-time check of HTTP Basic credentials (True when no auth is set)."""
-    credentials = api_credentials()
+def api_credentials() -> dict[str, str]:
+    """host_api_auth() parsed: user -> password ({} = no auth)."""
+    return parse_api_auth(host_api_auth())
+
+
+def check_api_auth(username: str | None, password: str | None, credentials: dict[str, str] | None = None) -> bool:
+    """Constant-time check of HTTP Basic credentials against `credentials` (default: the host's);
+    True when no auth is set."""
+    credentials = api_credentials() if credentials is None else credentials
     if not credentials:
         return True
     expected = credentials.get(username or "")

@@ -191,20 +191,6 @@ class JobRunner:
         return True if job is None else job.finished.wait(timeout)
 
 
-def check_concepts(cfg) -> int:
-    """Before training: every concept's instance folder exists and holds images; returns the image count."""
-    from .data.images import find_images
-
-    concepts = cfg.concepts()
-    if not concepts:
-        raise DreamboothError("no concepts: set Concept 1's dataset directory (or a concepts JSON)",
-                              field="instance_data_dir")
-    count = 0
-    for index, concept in enumerate(concepts):
-        count += len(find_images(concept.instance_data_dir, field=f"concept {index + 1} instance_data_dir"))
-    return count
-
-
 _RUNNER = JobRunner()
 
 

@@ -65,6 +65,17 @@ def tiny_model(models_root, tiny_checkpoint):
     return create_model("tiny", tiny_checkpoint, progress=lambda message: None)
 
 
+def folder_weights(folder):
+    """Every tensor of a working folder's UNet, VAE and text encoder, keyed "<component>/<name>"."""
+    from dreambooth.convert.checkpoint_io import load_state_dict
+
+    out = {}
+    for name, file in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                       ("text_encoder", "model")):
+        out.update({f"{name}/{k}": v for k, v in load_state_dict(folder / name / f"{file}.safetensors")[0].items()})
+    return out
+
+
 def quick_config(instance_dir, **overrides):
     """Settings for fast CPU tests on the tiny model."""
     from dreambooth.config import TrainConfig

@@ -8,6 +8,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import folder_weights  # noqa: E402
 from dreambooth.convert.checkpoint_io import load_state_dict  # noqa: E402
 from dreambooth.convert.create import create_working  # noqa: E402
 from dreambooth.convert.detect import detect_model_type  # noqa: E402
@@ -32,14 +33,6 @@ def working(tiny_ckpt, tmp_path_factory):
     info = create_working(tiny_ckpt, folder, progress=quiet)
     assert info["model_type"] == "v1x" and info["parameters"]["unet"] > 0
     return folder
-
-
-def _folder_weights(folder):
-    out = {}
-    for name, file in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
-                       ("text_encoder", "model")):
-        out.update({f"{name}/{k}": v for k, v in load_state_dict(folder / name / f"{file}.safetensors")[0].items()})
-    return out
 
 
 def _outputs(unet, vae, text_encoder):
@@ -95,7 +88,7 @@ def test_create_export_create_round_trip(working, tmp_path):
     assert metadata["note"] == "x" and "dreambooth_configs" in metadata
     again = tmp_path / "working2"
     create_working(out, again, progress=quiet)
-    first, second = _folder_weights(working), _folder_weights(again)
+    first, second = folder_weights(working), folder_weights(again)
     assert first.keys() == second.keys()
     for key in first:
         assert first[key].dtype == second[key].dtype
@@ -132,7 +125,7 @@ def test_export_from_live_modules_matches_folder(working, tmp_path):
 def test_create_from_diffusers_folder(working, tmp_path):
     info = create_working(working, tmp_path / "copy", progress=quiet)
     assert info["model_type"] == "v1x"
-    first, second = _folder_weights(working), _folder_weights(tmp_path / "copy")
+    first, second = folder_weights(working), folder_weights(tmp_path / "copy")
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import quick_config
+from conftest import folder_weights, quick_config
 from dreambooth.convert.checkpoint_io import load_state_dict
 from dreambooth.convert.create import create_working
 from dreambooth.errors import DreamboothError
@@ -22,14 +22,6 @@ def sd2_checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sd2_sources")
     return {preset: write_tiny_checkpoint(folder / f"{preset}.safetensors", preset=preset)
             for preset in ("tiny-v2", "tiny-v2v")}
-
-
-def _working_weights(folder):
-    out = {}
-    for name, file in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
-                       ("text_encoder", "model")):
-        out.update({f"{name}/{k}": v for k, v in load_state_dict(folder / name / f"{file}.safetensors")[0].items()})
-    return out
 
 
 def test_single_file_layout_is_openclip(sd2_checkpoints):
@@ -164,7 +156,7 @@ def test_v_prediction_model_trains_on_v_and_round_trips(sd2_checkpoints, models_
     again = tmp_path / "again"
     info = create_working(ckpt, again, progress=quiet)
     assert info["model_type"] == "v2x"
-    first, second = _working_weights(model.working), _working_weights(again)
+    first, second = folder_weights(model.working), folder_weights(again)
     assert first.keys() == second.keys()
     for key in first:
         assert (first[key].float() - second[key].float()).abs().max().item() <= 1e-6, key

@@ -48,10 +48,6 @@ def model_config(module) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def component_configs(unet, vae, text_encoder) -> dict:
-    return {"unet": model_config(unet), "vae": model_config(vae), "text_encoder": model_config(text_encoder)}
-
-
 def text_encoder_state_dict(text_encoder) -> dict:
     from .ldm_map import te_with_prefix
 

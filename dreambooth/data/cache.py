@@ -63,6 +63,7 @@ class DiskCache:
         self.hits = 0
 
     def load(self, key: str, device):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         self.used.add(key)
@@ -73,7 +74,7 @@ class DiskCache:
             tensors = load_file(str(path), device="cpu")
             self.hits += 1
             return tensors["mean"].to(device), tensors["std"].to(device)
-        except Exception:  # a damaged entry is re-encoded and rewritten
+        except (SafetensorError, OSError, KeyError):  # a damaged entry is re-encoded and rewritten
             return None
 
     def save(self, key: str, mean, std) -> None:

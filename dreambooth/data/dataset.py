@@ -33,7 +33,6 @@ from typing import Callable
 
 from ..config import Concept
 from ..errors import DreamboothError
-from .buckets import fit_to_bucket, to_unit_range
 from .captions import build_caption, shuffle_tags
 from .images import find_images, open_all
 
@@ -47,13 +46,14 @@ class TrainItem:
     is_class: bool = False
 
 
-def check_concepts(concepts: list[Concept]) -> None:
-    """Fail fast, before anything is loaded or written, when a concept has no usable folder."""
+def check_concepts(concepts: list[Concept]) -> int:
+    """Fail fast, before anything is loaded or written, when a concept has no usable folder; else the
+    number of instance image files."""
     if not concepts:
-        raise DreamboothError("no concepts: set instance_data_dir (or concepts_list) to your image folder",
-                              field="concepts_list")
-    for index, concept in enumerate(concepts):
-        find_images(concept.instance_data_dir, _folder_field(concepts, index))
+        raise DreamboothError("no concepts: set instance_data_dir (Concept 1's dataset directory in the tab) "
+                              "or concepts_list to your image folder", field="concepts_list")
+    return sum(len(find_images(concept.instance_data_dir, _folder_field(concepts, index)))
+               for index, concept in enumerate(concepts))
 
 
 def _folder_field(concepts: list[Concept], index: int) -> str:
@@ -75,11 +75,6 @@ def collect_items(concepts: list[Concept], warn: Callable[[str], None]) -> list[
             caption = build_caption(concept.instance_prompt, path, concept.instance_token, concept.class_token)
             items.append((TrainItem(path, caption, index), image))
     return items
-
-
-def image_to_tensor(image, resolution: int):
-    """Resize the short side to `resolution`, centre-crop a square, scale to [-1, 1] (C, H, W)."""
-    return to_unit_range(fit_to_bucket(image, (resolution, resolution)))
 
 
 def tokenize(prompts: list[str], tokenizer, device):
@@ -161,10 +156,6 @@ class TrainingSet:
     @property
     def cached(self) -> bool:
         return self.buckets[0].pixels is None
-
-    @property
-    def has_prior(self) -> bool:
-        return bool(self.class_items)
 
     def item_of(self, key: int) -> int:
         return key % len(self.items)
@@ -265,13 +256,3 @@ class TrainingSet:
             mean, std = encode(self.vae, pixels, self.device)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return (mean + std * noise) * self.scaling_factor
-
-
-CachedTrainingSet = TrainingSet  # the earlier name
-
-
-def build_training_set(pairs, resolution, vae, text_encoder, tokenizer, device, clip_skip: int = 1, **options):
-    """Encode the (item, image) pairs from `collect_items` (see `build.build_training_set` for options)."""
-    from .build import build_training_set as build
-
-    return build(pairs, resolution, vae, text_encoder, tokenizer, device, clip_skip=clip_skip, **options)

@@ -27,11 +27,6 @@ def poll(blocks, fn, outputs, seconds: float, inputs=None):
     return blocks.load(fn, inputs=inputs, outputs=outputs, every=seconds, show_progress=False)
 
 
-def no_progress() -> dict:
-    """Event kwargs that hide the progress overlay."""
-    return {"show_progress": "hidden" if GRADIO_MAJOR >= 4 else False}
-
-
 def textbox_kwargs(copy_button: bool = False, newest_first: bool = False) -> dict:
     """Copy button (3.x/4.x `show_copy_button`, 6.x `buttons`); `newest_first` stops gradio 4+ from
     scrolling to the bottom on every update (the newest line is at the top)."""

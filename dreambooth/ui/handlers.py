@@ -12,8 +12,10 @@ from pathlib import Path
 from .. import actions, host
 from ..config import TrainConfig
 from ..errors import DreamboothError
-from ..jobs import check_concepts, runner
+from ..data.dataset import check_concepts
+from ..jobs import runner
 from ..registry import CONCEPT_FIELDS, FIELDS
+from ..store import model_dir
 
 MAX_CONCEPTS = 4
 # Fields the tab shows as widgets (hidden bookkeeping and the concepts list have their own place).
@@ -38,14 +40,12 @@ def _concept_has_content(index: int, values: dict) -> bool:
 def values_to_config(model: str, values: dict) -> TrainConfig:
     """A TrainConfig from widget values, on top of the model's saved bookkeeping (type, source, revision)."""
     cfg = TrainConfig()
-    try:
+    if model_dir(model).config_file.is_file():  # else: a model without saved params, default bookkeeping
         saved, _ = actions.load_params(model)
         for field in FIELDS:
             if field.hidden:
                 cfg.set(field.name, getattr(saved, field.name))
         cfg.extras.update(saved.extras)
-    except DreamboothError:
-        pass  # a model without saved params: defaults for the bookkeeping
     for field in WIDGET_FIELDS:
         if field.name in values:
             raw = values[field.name]
@@ -154,7 +154,7 @@ def train(model: str, values: dict, resume: bool = False) -> str:
         raise DreamboothError(f"a job is already running ({job.kind} of '{job.model_name}'): "
                               "wait for it or press Cancel", field="job")
     cfg = values_to_config(model, values)
-    count = check_concepts(cfg)
+    count = check_concepts(cfg.concepts())
     runner().start_training(model, cfg, resume=resume)
     return f"training '{model}' started: {count} instance image(s), {cfg.num_train_epochs} epoch(s)"
 
@@ -169,7 +169,7 @@ def generate_samples(model: str, values: dict) -> tuple[list[str], str]:
         return [], message
     model = _require_model(model)
     cfg = values_to_config(model, values)
-    check_concepts(cfg)
+    check_concepts(cfg.concepts())
     with runner().exclusive("samples", model) as job:
         paths = actions.generate_samples(model, cfg, job.control)
         job.control.update(samples=[str(p) for p in paths])
@@ -210,14 +210,9 @@ def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
     if vram is None:
         source = "entered (no CUDA device)"
         vram = float(vram_from_user or 0)
-    model_type = "v1x"
-    if (model or "").strip():
-        try:
-            model_type = actions.load_params(model)[0].model_type
-        except DreamboothError:
-            pass
     cfg = values_to_config(model, values) if (model or "").strip() else _config_from_values(values)
-    count = check_concepts(cfg)
+    model_type = cfg.model_type  # the saved model's (values_to_config keeps it), else the default
+    count = check_concepts(cfg.concepts())
     bnb = importlib.util.find_spec("bitsandbytes") is not None and vram > 0
     xformers = importlib.util.find_spec("xformers") is not None
     changes, reasons = recommend(vram, count, model_type, bnb, xformers)
