@@ -99,7 +99,9 @@ def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = Non
 def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) -> list[Path]:
     """Previews from the saved working weights, outside training."""
     from .convert.diffusers_io import load_components
-    from .data.dataset import collect_items
+    from .data.captions import build_caption
+    from .data.dataset import check_concepts
+    from .data.images import find_images
     from .sample import build_pipeline, generate_samples as render, sample_requests
 
     model = model_dir(name).require()
@@ -107,9 +109,10 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
         cfg, _ = load_config(model.config_file)
     log = control.log if control is not None else print
     concepts = cfg.concepts()
-    first_captions = {}
-    for item, _ in collect_items(concepts, lambda message: log(f"warning: {message}")):
-        first_captions.setdefault(item.concept, item.caption)
+    check_concepts(concepts)
+    # the default sample prompt is each concept's first caption: only file names are needed, no decoding
+    first_captions = {index: build_caption(c.instance_prompt, find_images(c.instance_data_dir)[0], c.instance_token,
+                                           c.class_token) for index, c in enumerate(concepts)}
     requests = sample_requests(concepts, first_captions)
     if not requests:
         raise DreamboothError("no samples requested: set n_save_sample to 1 or more", field="n_save_sample")

@@ -115,3 +115,14 @@ def test_models_dir_before_or_after_the_command(tiny_model, models_root, monkeyp
         monkeypatch.setenv("DREAMBOOTH_MODELS_DIR", str(tmp_path / "elsewhere"))
         assert main(args) == 0
         assert capsys.readouterr().out.split() == ["tiny"]
+
+
+def test_samples_from_the_saved_weights(tiny_model, demo_images, capsys):
+    concepts = (f'[{{"instance_data_dir": "{demo_images}", "instance_prompt": "sks toy", "n_save_sample": 1, '
+                '"sample_seed": 5, "save_infer_steps": 2}]')
+    assert main(["params", "tiny", "--set", "resolution=64", "--set", f"concepts_list={concepts}"]) == 0
+    capsys.readouterr()
+    assert main(["samples", "tiny"]) == 0
+    written = [Path(line) for line in capsys.readouterr().out.split() if line.endswith(".png")]
+    assert len(written) == 1 and written[0].is_file()
+    assert written[0].with_suffix(".txt").read_text().startswith("sks toy\n")

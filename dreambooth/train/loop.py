@@ -71,7 +71,7 @@ class Trainer:
         self.models = models = load_models(self.model, self.device, cfg)
         # buckets, class images (generated when missing), bucket report, latent and text caches
         self.training_set = prepare_training_set(self, concepts, pairs)
-        self.first_captions = {}
+        self.first_captions = {}  # each concept's first caption: the default sample prompt
         for item in self.training_set.items:
             self.first_captions.setdefault(item.concept, item.caption)
         self.concepts = concepts
