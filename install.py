@@ -117,8 +117,10 @@ def main() -> int:
     constraints = Path(tempfile.gettempdir()) / f"dreambooth-host-constraints-{tag}.txt"
     constraints.write_text(deps.constraints_text(versions), encoding="utf-8")
     failed = []
-    for step in deps.plan(reqs, versions):
-        if step["action"] == "protected":
+    for step in deps.plan(reqs, versions, gpu=deps.nvidia_gpu_present()):
+        if step["action"] == "skip":
+            say(f"not installing {step['name']}: {step['reason']}")
+        elif step["action"] == "protected":
             say(f"leaving {step['name']} {step['installed'] or '(absent)'} alone: the host owns it")
         elif step["action"] == "install":
             say(f"installing {step['requirement']} ({step['reason']})")

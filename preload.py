@@ -1,14 +1,17 @@
 """Command-line flags the extension honours; the WebUI calls preload(parser) before parsing its arguments.
 
---dreambooth-models-path DIR   where Dreambooth models live (default: <models>/dreambooth);
-                               read back as shared.cmd_opts.dreambooth_models_path by dreambooth/host.py.
+--dreambooth-tab-models-path DIR   where this tab's Dreambooth models live (default: <models>/dreambooth);
+                                   read back as shared.cmd_opts.dreambooth_tab_models_path by dreambooth/host.py.
+The name is ours alone: the older Dreambooth extension registers --dreambooth-models-path, and argparse
+refuses a flag added twice (its preload would die).
 """
+
+FLAG = "--dreambooth-tab-models-path"
 
 
 def preload(parser):
-    # The older Dreambooth extension may have added the same flag already: argparse would raise.
-    if "--dreambooth-models-path" in getattr(parser, "_option_string_actions", {}):
+    if FLAG in getattr(parser, "_option_string_actions", {}):  # preload run twice in one process
         return
     parser.add_argument(
-        "--dreambooth-models-path", type=str, default=None, dest="dreambooth_models_path",
-        help="Dreambooth tab: folder for Dreambooth models (default: <models dir>/dreambooth)")
+        FLAG, type=str, default=None, dest="dreambooth_tab_models_path",
+        help="Dreambooth tab: folder for its Dreambooth models (default: <models dir>/dreambooth)")

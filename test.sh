@@ -14,7 +14,10 @@ install_stack() {  # $1 = stack name; venv in .venv-<stack>
   echo "== installing the $1 stack into $venv"
   "$python" -m venv "$venv" || return 1
   "$venv/bin/pip" install -q --upgrade pip || return 1
-  "$venv/bin/pip" install -q torch==2.13.0 || return 1
+  # the host's own torch (and torchvision where the host pins one) first, so nothing else can swap it
+  local torch_pins
+  torch_pins=$(grep -E '^(torch|torchvision)==' "constraints/$1.txt" | tr '\n' ' ')
+  "$venv/bin/pip" install -q $torch_pins || return 1
   # the constraints file pins the host's packages (fastapi, httpx, pydantic, ...) wherever pip meets them
   "$venv/bin/pip" install -q -c "constraints/$1.txt" gradio transformers \
       -r requirements.txt -r requirements-test.txt || return 1

@@ -1,4 +1,4 @@
-"""REST routes under /dreambooth/ on a FastAPI app (the WebUI's, or the standalone server's).
+"""REST routes under /dreambooth-tab/v1/ on a FastAPI app (the WebUI's, or the standalone server's).
 
 Bad input answers 4xx with {"error": message, "field": name}; a running job answers 409. When the host
 has API auth (A1111 `--api-auth user:pass[,user:pass]`), the routes require the same HTTP Basic login.
@@ -9,7 +9,7 @@ from typing import Callable
 
 from .errors import DreamboothError
 
-PREFIX = "/dreambooth"
+PREFIX = "/dreambooth-tab/v1"  # ours alone: the older Dreambooth extension owns /dreambooth/
 USE_HOST_AUTH = "<host>"  # register_routes' default: the host's API auth (host.host_api_auth())
 
 
@@ -173,6 +173,5 @@ def _checkpoint(args: dict) -> dict:
 
     name = _name(args)
     with runner().exclusive("checkpoint", name):
-        path = actions.generate_ckpt(name)
-    host.refresh_checkpoints()
+        path = actions.generate_ckpt(name)  # the export refreshes the WebUI's list
     return {"message": f"checkpoint written: {path}", "path": str(path)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +20,10 @@ PROTECTED = ("torch", "torchvision", "torchaudio", "xformers", "gradio", "gradio
 # transformers older than this cannot import diffusers > 0.31.0 (SiglipImageProcessor; host-webui.md §9).
 OLD_TRANSFORMERS = "4.37"
 DIFFUSERS_FOR_OLD_TRANSFORMERS = "0.31.0"
+# Installed only where they can run: bitsandbytes' 8-bit optimizers need an NVIDIA GPU, and on a CPU-only
+# machine it only adds a warning to every WebUI start. env DREAMBOOTH_INSTALL_BITSANDBYTES=1/0 overrides.
+GPU_ONLY = ("bitsandbytes",)
+GPU_ENV = "DREAMBOOTH_INSTALL_BITSANDBYTES"
 
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;#]*)")
 
@@ -109,8 +114,26 @@ def target_spec(name: str, spec: str, versions: dict[str, str | None]) -> str:
     return spec
 
 
-def plan(requirements: list[tuple[str, str]], versions: dict[str, str | None]) -> list[dict]:
-    """One entry per requirement: {name, spec, installed, action: ok|install|protected, reason}. Pure."""
+def nvidia_gpu_present() -> bool:
+    """Whether an NVIDIA driver is there, looked up cheaply (install.py runs at every WebUI start, so no
+    torch import). False when the WebUI runs with --use-cpu all."""
+    forced = os.environ.get(GPU_ENV, "").strip().lower()
+    if forced:
+        return forced not in ("0", "false", "no")
+    try:
+        args = shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
+    except ValueError:
+        args = []
+    if "--use-cpu" in args and args[args.index("--use-cpu") + 1:][:1] == ["all"]:  # the WebUI on the CPU
+        return False
+    return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+
+
+def plan(requirements: list[tuple[str, str]], versions: dict[str, str | None], gpu: bool = True) -> list[dict]:
+    """One entry per requirement: {name, spec, installed, action: ok|install|protected|skip, reason}. Pure.
+
+    `gpu`: whether an NVIDIA GPU is present; without one, GPU_ONLY packages are skipped.
+    """
     steps = []
     for name, spec in requirements:
         key = canonical(name)
@@ -119,6 +142,9 @@ def plan(requirements: list[tuple[str, str]], versions: dict[str, str | None]) -
         step = {"name": name, "spec": want, "installed": have, "requirement": name + want}
         if key in PROTECTED:
             step.update(action="protected", reason="owned by the host, never installed or changed")
+        elif have is None and key in GPU_ONLY and not gpu:
+            step.update(action="skip", reason=f"no NVIDIA GPU found (its 8-bit optimizers need one; "
+                                               f"{GPU_ENV}=1 installs it anyway)")
         elif have is None:
             step.update(action="install", reason="missing")
         elif not satisfies(have, want):
@@ -155,7 +181,8 @@ def missing_requirements(path: str | os.PathLike | None = None) -> list[str]:
         reqs = parse_requirements(path)
     except OSError:
         return []
-    return [s["requirement"] for s in plan(reqs, host_versions(reqs)) if s["action"] == "install"]
+    steps = plan(reqs, host_versions(reqs), gpu=nvidia_gpu_present())
+    return [s["requirement"] for s in steps if s["action"] == "install"]
 
 
 def missing_message(path: str | os.PathLike | None = None) -> str | None:

@@ -1,6 +1,8 @@
 """Atomic file output: everything is written under a temporary name and renamed into place.
 
 A crash, a kill or a full disk therefore leaves either the old file or the new one, never half of one.
+The finished files and folders get the modes the user's umask gives (as `open()` and `mkdir()` would),
+not the private 0600/0700 of mkstemp/mkdtemp: the WebUI's own checkpoints are 0664 under umask 002.
 """
 from __future__ import annotations
 
@@ -9,8 +11,19 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask. POSIX can only read it by setting it, so set it back at once, under a lock."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def _temp_sibling(path: Path, suffix: str = "") -> Path:
@@ -33,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        tmp.chmod(0o666 & ~current_umask())  # after the writer: some (safetensors) replace the file
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -62,6 +76,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
         old = None

@@ -5,7 +5,7 @@ package already imported) the adapter asks the host. This is the only module tha
 and every WebUI import stays inside a function (nothing here slows the WebUI's start).
 
 Host APIs used (host-webui.md): modules.paths_internal.models_path; modules.shared.cmd_opts
-(.dreambooth_models_path from preload.py, .ckpt_dir, .api_auth), shared.opts.<key>; modules.sd_models (.model_path,
+(.dreambooth_tab_models_path from preload.py, .ckpt_dir, .api_auth), shared.opts.<key>; modules.sd_models (.model_path,
 .list_models(), .checkpoints_list, .model_data.sd_model, .unload_model_weights(),
 .send_model_to_device(), .reload_model_weights()); modules.call_queue.queue_lock.
 Never shared.sd_model: reading it starts a model load.
@@ -28,6 +28,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 log = logging.getLogger("dreambooth")
 _STANDALONE_LOCK = threading.RLock()
+_lock_holder = threading.local()  # .depth > 0 while this thread holds the generation lock
 
 
 def is_hosted() -> bool:
@@ -58,8 +59,8 @@ def models_root() -> Path:
 
 
 def dreambooth_root() -> Path:
-    """Dreambooth models: --dreambooth-models-path (preload.py) when hosted and given, else <models>/dreambooth."""
-    flag = _cmd_opt("dreambooth_models_path")
+    """Dreambooth models: --dreambooth-tab-models-path (preload.py) when hosted and given, else <models>/dreambooth."""
+    flag = _cmd_opt("dreambooth_tab_models_path")
     if flag:
         return Path(flag).expanduser().resolve()
     return models_root() / "dreambooth"
@@ -84,14 +85,17 @@ def checkpoint_dir() -> Path:
 def refresh_checkpoints() -> None:
     """Ask the host to rescan its checkpoint list so a new file is selectable at once (no-op standalone).
 
-    Off when the setting "dreambooth_refresh_checkpoints" is off.
+    The host's rescan empties the list before refilling it, so a txt2img request arriving in between
+    fails with "No checkpoints found": the rescan runs under the generation lock, which every generation
+    holds. Off when the setting "dreambooth_tab_refresh_checkpoints" is off.
     """
-    if not is_hosted() or not host_option("dreambooth_refresh_checkpoints", True):
+    if not is_hosted() or not host_option("dreambooth_tab_refresh_checkpoints", True):
         return
     try:
         from modules import sd_models
 
-        sd_models.list_models()
+        with generation_lock():
+            sd_models.list_models()
     except Exception as error:  # never fail a finished export because the host could not rescan
         log.warning("dreambooth: could not refresh the WebUI's checkpoint list: %s", error)
 
@@ -137,10 +141,10 @@ def vram_released(enabled: bool | None = None) -> Iterator[bool]:
 
     Yields whether a model was unloaded. A no-op standalone, when disabled, or when nothing is loaded
     (the guard: unloading with nothing loaded would make the WebUI load a model first).
-    `enabled` None = the setting "dreambooth_unload_host_model" (default on).
+    `enabled` None = the setting "dreambooth_tab_unload_host_model" (default on).
     """
     if enabled is None:
-        enabled = bool(host_option("dreambooth_unload_host_model", True))
+        enabled = bool(host_option("dreambooth_tab_unload_host_model", True))
     if not enabled or not is_hosted():
         yield False
         return
@@ -188,17 +192,28 @@ def _host_queue_lock():
 def generation_lock(on_wait=None) -> Iterator[None]:
     """Hold the WebUI's generation queue lock (txt2img/img2img wait), or a package lock standalone.
 
-    The host's lock is not re-entrant: take it once per job. `on_wait(message)` is called when the
-    lock is busy before blocking on it.
+    The host's lock is not re-entrant, so a thread that already holds it through this function (a
+    training job exporting a checkpoint) just goes on. `on_wait(message)` is called when the lock is
+    busy before blocking on it.
     """
+    if getattr(_lock_holder, "depth", 0):
+        _lock_holder.depth += 1
+        try:
+            yield
+        finally:
+            _lock_holder.depth -= 1
+        return
     lock = _host_queue_lock() or _STANDALONE_LOCK
     if not lock.acquire(blocking=False):
         if on_wait is not None:
-            on_wait("waiting for the WebUI to finish generating")
+            on_wait("waiting for the WebUI to finish its current generation (txt2img, img2img, ...); "
+                    "training starts right after" if is_hosted() else "waiting for the running generation to finish")
         lock.acquire()
+    _lock_holder.depth = 1
     try:
         yield
     finally:
+        _lock_holder.depth = 0
         lock.release()
 
 
@@ -243,6 +258,24 @@ def host_option(key: str, default):
     from modules import shared
 
     return getattr(shared.opts, key, default)
+
+
+def other_dreambooth_extensions() -> list[tuple[str, Path]]:
+    """Other enabled WebUI extensions that train Dreambooth (the older sd_dreambooth_extension, forks):
+    (folder name, path). Empty standalone."""
+    if not is_hosted():
+        return []
+    try:
+        from modules import extensions
+    except ImportError:
+        return []
+    ours = Path(__file__).resolve().parents[1]
+    found = []
+    for ext in extensions.active():
+        path = Path(ext.path).resolve()
+        if path != ours and ("dreambooth" in ext.name.lower() or (path / "dreambooth").is_dir()):
+            found.append((ext.name, path))
+    return found
 
 
 def _webui_models_path() -> Path | None:

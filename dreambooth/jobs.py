@@ -115,7 +115,12 @@ class JobRunner:
             control = job.control
             try:
                 # the lock first: the WebUI's model is freed only once no generation is using it
-                with host.generation_lock(), host.vram_released():
+                def waiting(message: str) -> None:  # say what training waits for, not "preparing"
+                    control.update(state="waiting", message=message)
+                    control.log(message)
+
+                with host.generation_lock(on_wait=waiting), host.vram_released():
+                    control.update(state="preparing", message="")
                     job.result = fn(model_name, cfg, control, resume=resume)
                 state = control.snapshot().state
                 if state not in FINAL_STATES:
@@ -132,9 +137,7 @@ class JobRunner:
                 control.update(state="failed", message=job.error)
                 control.log(f"training failed: {job.error} (details in the console)")
             finally:
-                control.update(finished_at=time.time())
-                if control.snapshot().checkpoints:
-                    host.refresh_checkpoints()  # logs (never raises) when the host cannot rescan
+                control.update(finished_at=time.time())  # each export refreshed the WebUI's list
                 self._release(job)
 
         job.thread = threading.Thread(target=body, name=f"dreambooth-train-{model_name}", daemon=True)

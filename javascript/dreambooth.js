@@ -1,5 +1,5 @@
-// Dreambooth tab helpers. Elements are found by elem_id (db_*) or class, never by argument position.
-//  - confirm before Cancel (#db_cancel, or any element with class "db-confirm" + data-confirm/title)
+// Dreambooth tab helpers. Elements are found by elem_id (dbt_*) or class, never by argument position.
+//  - confirm before Cancel (#dbt_cancel, or any element with class "dbt-confirm" + data-confirm/title)
 //  - hints: a title on the top buttons
 //  - status refresh: keep the log scrolled to its newest line; show training progress in the page title
 // Works in the WebUI (loaded from javascript/) and standalone (run by a load event of the tab).
@@ -7,13 +7,13 @@
     "use strict";
 
     var HINTS = {
-        db_save: "Save the parameters below into this model's db_config.json",
-        db_load: "Load this model's saved parameters into the fields below",
-        db_ckpt: "Write a single-file checkpoint into the Stable-diffusion folder (selectable in txt2img)",
-        db_samples: "Generate preview images now (during training: at the next step)",
-        db_cancel: "Stop training after the current step; the last checkpoint and a snapshot are kept",
-        db_train: "Start training the selected model with the parameters below",
-        db_wizard: "Fill in settings suited to your GPU memory and image count"
+        dbt_save: "Save the parameters below into this model's db_config.json",
+        dbt_load: "Load this model's saved parameters into the fields below",
+        dbt_ckpt: "Write a single-file checkpoint into the Stable-diffusion folder (selectable in txt2img)",
+        dbt_samples: "Generate preview images now (during training: at the next step)",
+        dbt_cancel: "Stop training after the current step; the last checkpoint and a snapshot are kept",
+        dbt_train: "Start training the selected model with the parameters below",
+        dbt_wizard: "Fill in settings suited to your GPU memory and image count"
     };
     var CANCEL_TEXT = "Cancel training? It stops after the current step; progress so far is kept.";
 
@@ -31,8 +31,8 @@
         for (var i = 0; i < path.length; i++) {
             var el = path[i];
             if (!el || !el.getAttribute) continue;
-            var isCancel = el.id === "db_cancel";
-            var isConfirm = el.classList && el.classList.contains("db-confirm");
+            var isCancel = el.id === "dbt_cancel";
+            var isConfirm = el.classList && el.classList.contains("dbt-confirm");
             if (!isCancel && !isConfirm) continue;
             var text = el.getAttribute("data-confirm") || (isCancel ? CANCEL_TEXT : (el.title || "Are you sure?"));
             if (!window.confirm(text)) {
@@ -56,13 +56,13 @@
     var lastLog = "";
 
     function refreshStatus() {
-        var log = find("db_log");
+        var log = find("dbt_log");
         var area = log && log.querySelector("textarea");
         if (area && area.value !== lastLog) {
             lastLog = area.value;
             area.scrollTop = 0;  // the log lists the newest line first
         }
-        var status = find("db_status");
+        var status = find("dbt_status");
         var box = status && status.querySelector("textarea, input");
         var text = box ? box.value || "" : "";
         if (baseTitle === null) baseTitle = document.title;

@@ -64,7 +64,9 @@ def on_ui_tabs():
         return _message_tab(CLASH)
     try:
         tab = importlib.import_module("dreambooth.ui.tab")
-        return [(tab.build_tab(), TITLE, ELEM_ID)]
+        # the older Dreambooth extension's tab is also titled "Dreambooth": tell the two apart
+        others = importlib.import_module("dreambooth.host").other_dreambooth_extensions()
+        return [(tab.build_tab(), "Dreambooth tab" if others else TITLE, ELEM_ID)]
     except Exception as error:  # keep the WebUI alive; say what is wrong where the user looks
         log.exception("dreambooth: building the tab failed")
         hint = importlib.import_module("dreambooth.deps").missing_message() or ""  # stdlib-only module

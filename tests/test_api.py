@@ -26,31 +26,31 @@ def client(models):
 
 
 def test_status_and_models(client):
-    status = client.get("/dreambooth/status")
+    status = client.get("/dreambooth-tab/v1/status")
     assert status.status_code == 200 and "state" in status.json() and "job" in status.json()
-    assert client.get("/dreambooth/models").json() == {"models": ["m1"]}
-    assert client.get("/dreambooth/sources").status_code == 200
+    assert client.get("/dreambooth-tab/v1/models").json() == {"models": ["m1"]}
+    assert client.get("/dreambooth-tab/v1/sources").status_code == 200
 
 
 def test_params_get_set(client):
-    assert client.get("/dreambooth/params", params={"model_name": "m1"}).json()["params"]["num_train_epochs"] == 100
-    answer = client.post("/dreambooth/params", json={"model_name": "m1", "params": {"num_train_epochs": 3}})
+    assert client.get("/dreambooth-tab/v1/params", params={"model_name": "m1"}).json()["params"]["num_train_epochs"] == 100
+    answer = client.post("/dreambooth-tab/v1/params", json={"model_name": "m1", "params": {"num_train_epochs": 3}})
     assert answer.status_code == 200
-    assert client.get("/dreambooth/params?model_name=m1").json()["params"]["num_train_epochs"] == 3
+    assert client.get("/dreambooth-tab/v1/params?model_name=m1").json()["params"]["num_train_epochs"] == 3
 
 
 @pytest.mark.parametrize("method,path,body,code,text", [
-    ("get", "/dreambooth/params", None, 400, "model_name is missing"),
-    ("get", "/dreambooth/params?model_name=ghost", None, 404, "does not exist"),
-    ("get", "/dreambooth/params?model_name=..%2Fx", None, 400, "not allowed"),
-    ("post", "/dreambooth/params", {"model_name": "m1", "params": {"learning_rate": -1}}, 400, "learning_rate"),
-    ("post", "/dreambooth/params", {"model_name": "m1", "params": {"nope": 1}}, 400, "unknown parameter"),
-    ("post", "/dreambooth/start_training", {"model_name": "m1"}, 400, "no concepts"),
-    ("post", "/dreambooth/start_training", {"model_name": "ghost"}, 404, "does not exist"),
-    ("post", "/dreambooth/start_training",
+    ("get", "/dreambooth-tab/v1/params", None, 400, "model_name is missing"),
+    ("get", "/dreambooth-tab/v1/params?model_name=ghost", None, 404, "does not exist"),
+    ("get", "/dreambooth-tab/v1/params?model_name=..%2Fx", None, 400, "not allowed"),
+    ("post", "/dreambooth-tab/v1/params", {"model_name": "m1", "params": {"learning_rate": -1}}, 400, "learning_rate"),
+    ("post", "/dreambooth-tab/v1/params", {"model_name": "m1", "params": {"nope": 1}}, 400, "unknown parameter"),
+    ("post", "/dreambooth-tab/v1/start_training", {"model_name": "m1"}, 400, "no concepts"),
+    ("post", "/dreambooth-tab/v1/start_training", {"model_name": "ghost"}, 404, "does not exist"),
+    ("post", "/dreambooth-tab/v1/start_training",
      {"model_name": "m1", "params": {"concepts_list": [{"instance_data_dir": "/no/such"}]}}, 400, "does not exist"),
-    ("post", "/dreambooth/create", {"model_name": "m1", "source": "x"}, 400, "already exists"),
-    ("post", "/dreambooth/checkpoint", {}, 400, "model_name"),
+    ("post", "/dreambooth-tab/v1/create", {"model_name": "m1", "source": "x"}, 400, "already exists"),
+    ("post", "/dreambooth-tab/v1/checkpoint", {}, 400, "model_name"),
 ])
 def test_bad_input_is_4xx_json(client, method, path, body, code, text):
     answer = getattr(client, method)(path, json=body) if body is not None else getattr(client, method)(path)
@@ -59,23 +59,23 @@ def test_bad_input_is_4xx_json(client, method, path, body, code, text):
 
 
 def test_invalid_json_body(client):
-    answer = client.post("/dreambooth/params", content=b"{not json", headers={"content-type": "application/json"})
+    answer = client.post("/dreambooth-tab/v1/params", content=b"{not json", headers={"content-type": "application/json"})
     assert answer.status_code == 400 and "JSON" in answer.json()["error"]
 
 
 def test_cancel_without_job(client):
-    assert "nothing to cancel" in client.post("/dreambooth/cancel").json()["message"]
+    assert "nothing to cancel" in client.post("/dreambooth-tab/v1/cancel").json()["message"]
 
 
 def test_host_api_auth(models):
     app = FastAPI()
     register_routes(app, api_auth="alice:secret,bob:pw")
     client = TestClient(app)
-    assert client.get("/dreambooth/status").status_code == 401
+    assert client.get("/dreambooth-tab/v1/status").status_code == 401
     bad = base64.b64encode(b"alice:wrong").decode()
-    assert client.get("/dreambooth/status", headers={"Authorization": f"Basic {bad}"}).status_code == 401
+    assert client.get("/dreambooth-tab/v1/status", headers={"Authorization": f"Basic {bad}"}).status_code == 401
     good = base64.b64encode(b"bob:pw").decode()
-    assert client.get("/dreambooth/models", headers={"Authorization": f"Basic {good}"}).json() == {"models": ["m1"]}
+    assert client.get("/dreambooth-tab/v1/models", headers={"Authorization": f"Basic {good}"}).json() == {"models": ["m1"]}
 
 
 def test_standalone_auth_from_env(models, monkeypatch):
@@ -83,6 +83,6 @@ def test_standalone_auth_from_env(models, monkeypatch):
     app = FastAPI()
     register_routes(app)  # default: the host's auth (standalone: the env variable)
     client = TestClient(app)
-    assert client.get("/dreambooth/status").status_code == 401
+    assert client.get("/dreambooth-tab/v1/status").status_code == 401
     good = base64.b64encode(b"carol:pw").decode()
-    assert client.get("/dreambooth/status", headers={"Authorization": f"Basic {good}"}).status_code == 200
+    assert client.get("/dreambooth-tab/v1/status", headers={"Authorization": f"Basic {good}"}).status_code == 200

@@ -40,13 +40,22 @@ class Host:
 
         return modules
 
-    def load_scripts(self):
-        self.modules.scripts.load_scripts([str(self.ext)])
+    def load_scripts(self, extra_extensions=()):
+        """As A1111: list the extensions folder, then run every enabled extension's scripts/ in order."""
+        import modules.extensions
+
+        modules.extensions.list_extensions(str(self.root / "extensions"))
+        self.modules.scripts.load_scripts([str(self.ext), *map(str, extra_extensions)])
 
     def create_ui(self):
+        """As A1111's ui.create_ui: the extension tabs, then the settings page built from every option."""
+        import modules.ui_settings
+
         cb = self.modules.script_callbacks
         cb.ui_settings_callback()
-        return cb.ui_tabs_callback()
+        tabs = cb.ui_tabs_callback()
+        modules.ui_settings.create_ui()
+        return tabs
 
     def start(self):
         """Start-up: load scripts, build the UI, start the app. Returns (tabs, app)."""
@@ -103,10 +112,10 @@ def test_tab_settings_routes_and_reload_keep_a_running_job(webui):
     tabs = webui.create_ui()
     assert _tab_ids(tabs) == [("Dreambooth", "dreambooth_interface")]
     elem_ids = {getattr(b, "elem_id", None) for b in tabs[0][0].blocks.values()}
-    assert {"db_train", "db_cancel"} <= elem_ids  # helper-2's real tab, not the fallback message
+    assert {"dbt_train", "dbt_cancel"} <= elem_ids  # helper-2's real tab, not the fallback message
     opts = webui.modules.shared.opts
-    assert "dreambooth_unload_host_model" in opts.data_labels
-    assert opts.data_labels["dreambooth_unload_host_model"].section[0] == "dreambooth"
+    assert "dreambooth_tab_unload_host_model" in opts.data_labels
+    assert opts.data_labels["dreambooth_tab_unload_host_model"].section[0] == "dreambooth_tab"
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -153,7 +162,7 @@ def test_host_adapter_paths_checkpoints_lock_and_vram_guard(webui):
     assert host.models_root() == (webui.root / "models").resolve()
     assert host.dreambooth_root() == (webui.root / "models" / "dreambooth").resolve()
     assert host.checkpoint_dir() == sd_dir
-    mods.shared.cmd_opts.dreambooth_models_path = str(webui.root / "db")
+    mods.shared.cmd_opts.dreambooth_tab_models_path = str(webui.root / "db")
     mods.shared.cmd_opts.ckpt_dir = str(webui.root / "ckpts")
     assert host.dreambooth_root() == (webui.root / "db").resolve()
     assert host.checkpoint_dir() == (webui.root / "ckpts").resolve()
@@ -185,7 +194,7 @@ def test_host_adapter_paths_checkpoints_lock_and_vram_guard(webui):
             assert unloaded and model.device == "cpu"
             raise RuntimeError("training failed")
     assert model.device == "cuda" and mods.shared.lazy_load_attempts == 0
-    mods.shared.opts.dreambooth_unload_host_model = False  # the setting turns it off
+    mods.shared.opts.dreambooth_tab_unload_host_model = False  # the setting turns it off
     with host.vram_released() as unloaded:
         assert unloaded is False and model.device == "cuda"
 
@@ -217,15 +226,116 @@ def test_clash_with_an_older_dreambooth_package_runs_none_of_its_code(webui, tmp
     assert not [r for r in app.routes if "dreambooth" in getattr(r, "path", "")]
 
 
-def test_preload_adds_the_models_path_flag_once():
-    spec = importlib.util.spec_from_file_location("preload", REPO / "preload.py")
+def _preload_module(path: Path):
+    spec = importlib.util.spec_from_file_location("preload", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_preload_adds_the_models_path_flag_once():
+    module = _preload_module(REPO / "preload.py")
     parser = argparse.ArgumentParser()
     module.preload(parser)
-    module.preload(parser)  # the older extension may have added it already: no conflict
-    assert parser.parse_args(["--dreambooth-models-path", "/x"]).dreambooth_models_path == "/x"
-    assert parser.parse_args([]).dreambooth_models_path is None
+    module.preload(parser)
+    assert parser.parse_args(["--dreambooth-tab-models-path", "/x"]).dreambooth_tab_models_path == "/x"
+    assert parser.parse_args([]).dreambooth_tab_models_path is None
+
+
+@pytest.mark.parametrize("ours_first", [True, False])
+def test_both_preloads_run_beside_the_older_extension(ours_first):
+    """The older extension adds --dreambooth-models-path unguarded: a flag of the same name from us made
+    its preload die with argparse.ArgumentError when ours ran first."""
+    ours = _preload_module(REPO / "preload.py")
+    older = _preload_module(FAKE / "older_dreambooth_extension" / "preload.py")
+    parser = argparse.ArgumentParser()
+    for module in ((ours, older) if ours_first else (older, ours)):
+        module.preload(parser)
+    args = parser.parse_args(["--dreambooth-models-path", "/old", "--dreambooth-tab-models-path", "/new"])
+    assert (args.dreambooth_models_path, args.dreambooth_tab_models_path) == ("/old", "/new")
+
+
+@pytest.mark.parametrize("ours_first", [True, False])
+def test_beside_the_older_extension_both_tabs_and_routes_answer_for_themselves(webui, ours_first):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    older = webui.root / "extensions" / "sd_dreambooth_extension"
+    shutil.copytree(FAKE / "older_dreambooth_extension", older)
+    webui.load_scripts(extra_extensions=[older])
+    if not ours_first:  # the WebUI runs extensions in folder order: either may register first
+        for name in ("ui_tabs", "app_started"):
+            webui.modules.script_callbacks.callbacks[name].reverse()
+    tabs = webui.create_ui()
+    by_id = {elem_id: (title, blocks) for blocks, title, elem_id in tabs}
+    assert set(by_id) == {"dreambooth_interface", "dreambooth_v2"}
+    assert by_id["dreambooth_interface"][0] != by_id["dreambooth_v2"][0]  # two tabs a user can tell apart
+
+    def elem_ids(blocks):
+        return {b.elem_id for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
+
+    ours, theirs = elem_ids(by_id["dreambooth_interface"][1]), elem_ids(by_id["dreambooth_v2"][1])
+    assert "dbt_train" in ours and not ours & theirs  # their JS finds their elements, ours ours
+    note = [b for b in by_id["dreambooth_interface"][1].blocks.values()
+            if getattr(b, "elem_id", "") == "dbt_neighbour_note"]
+    assert note and "sd_dreambooth_extension" in note[0].value
+
+    app = FastAPI()
+    webui.modules.script_callbacks.app_started_callback(object(), app)
+    client = TestClient(app)
+    prefix = sys.modules["dreambooth.api"].PREFIX
+    assert client.get("/dreambooth/status").json()["owner"] == "sd_dreambooth_extension"
+    assert client.post("/dreambooth/start_training").json()["owner"] == "sd_dreambooth_extension"
+    mine = client.get(prefix + "/status")
+    assert mine.status_code == 200 and "owner" not in mine.json() and "state" in mine.json()
+    assert client.get(prefix + "/models").json() == {"models": []}
+
+
+def test_checkpoint_refresh_never_shows_txt2img_an_empty_list(webui):
+    """The host's rescan empties the list first: it must run under the generation lock txt2img holds."""
+    webui.load_scripts()
+    from dreambooth import host
+
+    sd_models, queue_lock = webui.modules.sd_models, webui.modules.call_queue.queue_lock
+    (webui.root / "models" / "Stable-diffusion" / "a.safetensors").write_bytes(b"x")
+    sd_models.list_models()
+    refresh = threading.Thread(target=host.refresh_checkpoints)
+    refresh.start()
+    assert sd_models.refilling.wait(10)
+    with queue_lock:  # a txt2img request arriving mid-rescan
+        assert sd_models.select_checkpoint().filename.endswith("a.safetensors")
+    refresh.join(10)
+    with host.generation_lock():  # a job holding the lock (training) may refresh: no deadlock
+        host.refresh_checkpoints()
+    assert not queue_lock.locked()
+
+
+def test_training_says_it_waits_for_a_running_generation(webui):
+    webui.load_scripts()
+    import dreambooth.jobs as jobs
+
+    queue_lock = webui.modules.call_queue.queue_lock
+    started = threading.Event()
+
+    def fake_train(model_name, cfg, control, resume=False):
+        started.set()
+
+    queue_lock.acquire()  # txt2img is generating
+    try:
+        jobs.runner().start_training("demo", types.SimpleNamespace(num_train_epochs=1), train_fn=fake_train)
+        for _ in range(100):
+            if jobs.runner().status().state == "waiting":
+                break
+            threading.Event().wait(0.05)
+        status = jobs.runner().status()
+        assert status.state == "waiting" and "WebUI" in status.message and not started.is_set()
+        from dreambooth.ui.handlers import status_text
+
+        assert "current generation" in status_text(status)
+    finally:
+        queue_lock.release()
+    assert jobs.runner().wait(10) and started.is_set()
+    assert jobs.runner().status().state == "done"
 
 
 def test_standalone_adapter_is_inert(tmp_path, monkeypatch):

@@ -114,10 +114,15 @@ def test_install_py_in_a_throwaway_host_venv(host):
         done = _install(python, env, webui, **skip)
         assert "skipping install" in done.stdout and _installed(python) == before
 
-    # first run under the WebUI (`import launch` works via PYTHONPATH): installs what is missing
-    done = _install(python, env, webui, PYTHONPATH=str(webui))
-    after = _installed(python)
+    # first run under the WebUI (`import launch` works via PYTHONPATH), on a machine without an NVIDIA
+    # GPU: installs what is missing, but not bitsandbytes (it would only warn at every start)
+    done = _install(python, env, webui, PYTHONPATH=str(webui), DREAMBOOTH_INSTALL_BITSANDBYTES="0")
     assert "installing diffusers==0.31.0 (missing)" in done.stdout
+    assert "not installing bitsandbytes: no NVIDIA GPU found" in done.stdout
+    assert "bitsandbytes" not in _installed(python) and "requirements OK" in done.stdout
+    # with a GPU, bitsandbytes too
+    done = _install(python, env, webui, PYTHONPATH=str(webui), DREAMBOOTH_INSTALL_BITSANDBYTES="1")
+    after = _installed(python)
     assert "installing bitsandbytes (missing)" in done.stdout
     assert after["diffusers"] == "0.31.0"  # transformers 4.30.x gets the diffusers that imports with it
     assert after["bitsandbytes"] == "0.43.0"  # 0.50.2 would have upgraded torch: constraints said no
@@ -126,7 +131,7 @@ def test_install_py_in_a_throwaway_host_venv(host):
     assert set(after) - set(before) == {"diffusers", "bitsandbytes"}
     calls = launch_log.read_text().splitlines()
     assert len(calls) == 2 and all(" -c " in c for c in calls)
-    assert done.stdout.count("\n") <= 4  # one line per action
+    assert done.stdout.count("\n") <= 3  # one line per action
 
     # second run installs nothing
     done = _install(python, env, webui, PYTHONPATH=str(webui))
@@ -177,6 +182,20 @@ def test_plan_picks_versions_from_the_host_pins():
     assert deps.constraints_text({"torch": "2.1.2", "gradio": None, "transformers": "4.30.2"}) == \
         "torch==2.1.2\ntransformers==4.30.2\n"
     assert deps.satisfies("0.31.0", "==0.31.0") and not deps.satisfies("0.30.3", ">=0.31.0")
+
+
+def test_gpu_only_packages_are_skipped_without_an_nvidia_gpu(monkeypatch):
+    deps = _deps()
+    reqs = [("bitsandbytes", ""), ("diffusers", ">=0.31.0")]
+    cpu = {s["name"]: s["action"] for s in deps.plan(reqs, {}, gpu=False)}
+    assert cpu == {"bitsandbytes": "skip", "diffusers": "install"}
+    assert {s["name"]: s["action"] for s in deps.plan(reqs, {}, gpu=True)}["bitsandbytes"] == "install"
+    assert deps.plan(reqs, {"bitsandbytes": "0.45.5"}, gpu=False)[0]["action"] == "ok"  # installed: kept
+    monkeypatch.delenv("DREAMBOOTH_INSTALL_BITSANDBYTES", raising=False)
+    monkeypatch.setenv("COMMANDLINE_ARGS", "--skip-torch-cuda-test --use-cpu all --no-half")
+    assert deps.nvidia_gpu_present() is False
+    monkeypatch.setenv("DREAMBOOTH_INSTALL_BITSANDBYTES", "1")
+    assert deps.nvidia_gpu_present() is True
 
 
 def test_missing_message_names_the_command(tmp_path):

@@ -47,7 +47,7 @@ def host_hooks(monkeypatch):
 
     def hook(name):
         @contextlib.contextmanager
-        def manager():
+        def manager(on_wait=None):
             entered.append(f"{name}+")
             yield
             entered.append(f"{name}-")

@@ -13,7 +13,7 @@ from typing import Callable
 
 @dataclass
 class TrainStatus:
-    state: str = "idle"  # idle | preparing | training | sampling | saving | paused | done | canceled | failed
+    state: str = "idle"  # idle | waiting | preparing | training | sampling | saving | paused | done | canceled | failed
     model_name: str = ""
     epoch: int = 0
     total_epochs: int = 0
@@ -24,6 +24,7 @@ class TrainStatus:
     it_per_s: float | None = None
     eta_s: float | None = None
     memory_mb: float | None = None  # VRAM on CUDA, process RSS otherwise
+    memory_kind: str = ""  # what memory_mb measures: "VRAM" or "RAM (RSS)"
     message: str = ""
     samples: list[str] = field(default_factory=list)  # latest sample image paths
     charts: list[str] = field(default_factory=list)  # latest chart image paths

@@ -333,7 +333,8 @@ class Trainer:
         remaining = self.plan.total_steps - self.global_step
         last = rows[-1]
         self.result.last_loss = last["loss"]
-        self.control.update(loss=last["loss"], lr=last["lr"], memory_mb=last["memory_mb"], it_per_s=rate,
+        self.control.update(loss=last["loss"], lr=last["lr"], memory_mb=last["memory_mb"],
+                            memory_kind=last.get("memory_kind", ""), it_per_s=rate,
                             eta_s=remaining / rate if rate > 0 else None)
         if progress is not None:
             progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", refresh=False)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 
 from ..errors import DreamboothError
 
@@ -19,14 +18,28 @@ def _require(module: str, package: str, optimizer: str):
             "or choose 'Torch AdamW'", field="optimizer") from None
 
 
+def fused_adamw_supported(groups: list[dict]) -> bool:
+    """Whether this torch has a fused AdamW kernel for every parameter's device and dtype.
+
+    Fused is much faster, but its devices vary by release: torch 2.1 (AUTOMATIC1111's) has it for CUDA
+    only and raises on a CPU tensor; CPU kernels arrived in 2.4. torch lists them itself.
+    """
+    import torch
+
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # older than 2.1: no fused AdamW at all
+        return False
+    supported = set(_get_fused_kernels_supported_devices())
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(p.device.type in supported and torch.is_floating_point(p) for p in params)
+
+
 def build_optimizer(name: str, groups: list[dict], weight_decay: float):
     import torch
 
     if name == "Torch AdamW":
-        options = {}
-        # fused AdamW is much faster where torch offers it (CUDA, and CPU in recent releases)
-        if "fused" in inspect.signature(torch.optim.AdamW).parameters:
-            options["fused"] = True
+        options = {"fused": True} if fused_adamw_supported(groups) else {}
         return torch.optim.AdamW(groups, weight_decay=weight_decay, **options)
     if name in ("8bit AdamW", "Lion", "8bit Lion"):
         bnb = _require("bitsandbytes", "bitsandbytes", name)

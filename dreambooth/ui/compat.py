@@ -19,12 +19,34 @@ def event(trigger, fn, inputs=None, outputs=None, js: str | None = None, **kwarg
     return trigger(fn, inputs=inputs, outputs=outputs, **kwargs)
 
 
-def poll(blocks, fn, outputs, seconds: float, inputs=None):
-    """Call `fn` every `seconds` while the page is open: gr.Timer (4+) or a load event with every= (3.x)."""
-    if GRADIO_MAJOR >= 4 and hasattr(gr, "Timer"):
+def poll(blocks, fn, outputs, seconds: float, inputs=None, elem_id: str = "dbt_poll"):
+    """Call `fn` every `seconds` while the page is open, driven by the page, never by the server.
+
+    gradio 4.40+: gr.Timer (the browser ticks). gradio 3.x: a hidden button that a page timer clicks.
+    Not `every=`: on 3.41 that runs an endless loop in the server per open page, and Blocks.close()
+    (the WebUI's Reload UI) then never returns.
+    """
+    if hasattr(gr, "Timer"):
         timer = gr.Timer(seconds)
         return timer.tick(fn, inputs=inputs, outputs=outputs, show_progress="hidden", queue=False)
-    return blocks.load(fn, inputs=inputs, outputs=outputs, every=seconds, show_progress=False)
+    button = gr.Button(visible=True, elem_id=elem_id, elem_classes=["dbt-hidden"])
+    event = button.click(fn, inputs=inputs, outputs=outputs, show_progress=False, queue=False)
+    blocks.load(None, None, None, _js=_CLICK_EVERY_JS % {"id": elem_id, "ms": int(seconds * 1000)})
+    return event
+
+
+# Clicks the hidden poll button while the page is visible; one timer per page. The WebUI shows gradio inside gradioApp() (a shadow root on some hosts).
+_CLICK_EVERY_JS = """() => {
+  const key = "__dreambooth_poll_%(id)s";
+  if (window[key]) return [];
+  window[key] = setInterval(() => {
+    if (document.hidden) return;
+    const root = typeof gradioApp === "function" ? gradioApp() : document;
+    const button = root.querySelector("#%(id)s");
+    if (button) button.click();
+  }, %(ms)d);
+  return [];
+}"""
 
 
 def textbox_kwargs(copy_button: bool = False, newest_first: bool = False) -> dict:

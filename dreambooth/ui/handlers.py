@@ -183,8 +183,7 @@ def generate_ckpt(model: str) -> str:
     model = _require_model(model)
     with runner().exclusive("checkpoint", model) as job:
         path = actions.generate_ckpt(model)
-        job.control.update(checkpoints=[str(path)])
-    host.refresh_checkpoints()
+        job.control.update(checkpoints=[str(path)])  # the export refreshed the WebUI's list
     runner().note(f"checkpoint written: {path}")
     return f"checkpoint written: {path} (select it in txt2img)"
 
@@ -252,6 +251,26 @@ def model_choices() -> list[str]:
     return list_models()
 
 
+def neighbour_note() -> str | None:
+    """What it means when another Dreambooth extension is enabled in the same WebUI (None if none is)."""
+    others = host.other_dreambooth_extensions()
+    if not others:
+        return None
+    names = ", ".join(f"`{name}`" for name, _ in others)
+    return (f"**Another Dreambooth extension is enabled: {names}.** Both tabs work side by side: this one "
+            "keeps its own flag (`--dreambooth-tab-models-path`), settings section and API "
+            "(`/dreambooth-tab/v1/...`). Both list the models in `models/dreambooth`; Save Params here "
+            "writes this tab's `db_config.json` format. Train in one tab at a time (each needs the GPU to "
+            "itself); to keep only one, disable the other in Extensions > Installed.")
+
+
+def memory_label(kind: str) -> str:
+    """VRAM is the trainer's own; on a CPU the figure is the whole process's RAM (the WebUI's too, hosted)."""
+    if kind.startswith("RAM"):
+        return "RAM of the whole WebUI process" if host.is_hosted() else "process RAM"
+    return kind or "memory"
+
+
 def status_text(status, kind: str | None = "train") -> str:
     """One readable block: state, epoch/step, loss, lr, it/s, ETA, memory."""
     if status.state == "idle" and not status.model_name:
@@ -272,9 +291,9 @@ def status_text(status, kind: str | None = "train") -> str:
     if status.eta_s is not None and status.state == "training":
         parts.append(f"ETA {int(status.eta_s) // 60}:{int(status.eta_s) % 60:02d}")
     if status.memory_mb is not None:
-        parts.append(f"memory {status.memory_mb:.0f} MB")
+        parts.append(f"{memory_label(status.memory_kind)} {status.memory_mb:.0f} MB")
     text = " · ".join(parts)
-    if status.message and status.state in ("failed",):
+    if status.message and status.state in ("failed", "waiting"):
         text += f"\n{status.message}"
     return text
 

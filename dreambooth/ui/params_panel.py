@@ -13,7 +13,7 @@ PARAM_GROUPS = tuple(dict.fromkeys(f.group for f in WIDGET_FIELDS if f.group != 
 def field_widget(field: Field, elem_id: str):
     """The widget for one registry field; its label says the field and its help is the hint."""
     common = dict(label=field.label, info=f"{field.help} [{field.name}]", elem_id=elem_id,
-                  elem_classes=["db-field"])
+                  elem_classes=["dbt-field"])
     if field.kind is bool:
         return gr.Checkbox(value=field.default, **common)
     if field.choices:
@@ -31,9 +31,9 @@ def build_params_panel() -> dict:
     widgets = {}
     for index, group in enumerate(PARAM_GROUPS):
         fields = [f for f in WIDGET_FIELDS if f.group == group]
-        with gr.Accordion(group, open=index < 2, elem_id=f"db_group_{group.lower().replace(' ', '_')}"):
+        with gr.Accordion(group, open=index < 2, elem_id=f"dbt_group_{group.lower().replace(' ', '_')}"):
             for start in range(0, len(fields), 2):
                 with gr.Row():
                     for field in fields[start:start + 2]:
-                        widgets[field.name] = field_widget(field, f"db_{field.name}")
+                        widgets[field.name] = field_widget(field, f"dbt_{field.name}")
     return widgets

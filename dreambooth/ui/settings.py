@@ -1,26 +1,36 @@
-"""The Dreambooth section of the WebUI's Settings (on_ui_settings). Values are read via host options."""
+"""The Dreambooth tab's section of the WebUI's Settings (on_ui_settings). Values are read via host options.
+
+A1111 builds a Settings component from each option's default type when no component is named, and
+accepts only str, int and bool there (a float default stops the WebUI's start-up): every option here
+is one of those or names its component.
+"""
 from __future__ import annotations
 
-SECTION = ("dreambooth", "Dreambooth")
+SECTION = ("dreambooth_tab", "Dreambooth tab")
+POLL_SLIDER = {"minimum": 0.5, "maximum": 10, "step": 0.5}
 
-# key -> (default, label, info)
+# key -> (default, label, info, component args or None)
 OPTIONS = {
-    "dreambooth_unload_host_model": (True, "Free the WebUI's loaded model from VRAM while training",
-                                     "The model is moved back after training."),
-    "dreambooth_refresh_checkpoints": (True, "Refresh the checkpoint list after Generate Ckpt",
-                                       "So the new file can be picked in txt2img at once."),
-    "dreambooth_status_poll_seconds": (1.0, "Status refresh interval (seconds)",
-                                       "How often the tab reads training progress. Needs Reload UI."),
+    "dreambooth_tab_unload_host_model": (True, "Free the WebUI's loaded model from VRAM while training",
+                                         "The model is moved back after training.", None),
+    "dreambooth_tab_refresh_checkpoints": (True, "Refresh the checkpoint list after Generate Ckpt",
+                                           "So the new file can be picked in txt2img at once.", None),
+    "dreambooth_tab_status_poll_seconds": (1.0, "Status refresh interval (seconds)",
+                                           "How often the tab reads training progress. Needs Reload UI.",
+                                           POLL_SLIDER),
 }
 
 
 def add_settings(shared) -> None:
     """Register the options with `shared.opts.add_option(key, shared.OptionInfo(...))`."""
-    for key, (default, label, info) in OPTIONS.items():
-        option = shared.OptionInfo(default, label, section=SECTION)
+    import gradio as gr
+
+    for key, (default, label, info, slider) in OPTIONS.items():
+        extra = {"component": gr.Slider, "component_args": dict(slider)} if slider else {}
+        option = shared.OptionInfo(default, label, section=SECTION, **extra)
         if hasattr(option, "info"):
             option = option.info(info) or option
-        if key == "dreambooth_status_poll_seconds" and hasattr(option, "needs_reload_ui"):
+        if slider and hasattr(option, "needs_reload_ui"):
             option = option.needs_reload_ui() or option
         shared.opts.add_option(key, option)
 

@@ -58,49 +58,52 @@ class Tab:
         return blocks
 
     def _layout(self):
-        with gr.Row(elem_id="db_model_row"):
+        note = handlers.neighbour_note()
+        if note:
+            gr.Markdown(note, elem_id="dbt_neighbour_note")
+        with gr.Row(elem_id="dbt_model_row"):
             self.model = gr.Dropdown(choices=handlers.model_choices(), value=None, label="Model",
-                                     elem_id="db_model", info="Changing the model does not load its params: "
+                                     elem_id="dbt_model", info="Changing the model does not load its params: "
                                      "press Load Params.")
-            self.refresh_models = gr.Button("🔄 Refresh", elem_id="db_refresh_models", size="sm")
-            self.model_info = gr.Textbox(label="Model info", interactive=False, elem_id="db_model_info")
-        with gr.Row(elem_id="db_buttons"):
-            self.buttons = {key: gr.Button(label, elem_id=f"db_{key}",
+            self.refresh_models = gr.Button("🔄 Refresh", elem_id="dbt_refresh_models", size="sm")
+            self.model_info = gr.Textbox(label="Model info", interactive=False, elem_id="dbt_model_info")
+        with gr.Row(elem_id="dbt_buttons"):
+            self.buttons = {key: gr.Button(label, elem_id=f"dbt_{key}",
                                            variant="primary" if key == "train" else "secondary")
                             for key, label in TOP_BUTTONS}
-        with gr.Row(elem_id="db_main"):
-            with gr.Column(scale=3, elem_id="db_settings_col"):
-                with gr.Tabs(elem_id="db_sub_tabs"):
-                    with gr.Tab("Create", id="db_create_tab"):
-                        self.new_name = gr.Textbox(label="Name", elem_id="db_new_name",
+        with gr.Row(elem_id="dbt_main"):
+            with gr.Column(scale=3, elem_id="dbt_settings_col"):
+                with gr.Tabs(elem_id="dbt_sub_tabs"):
+                    with gr.Tab("Create", id="dbt_create_tab"):
+                        self.new_name = gr.Textbox(label="Name", elem_id="dbt_new_name",
                                                    info="Folder name under models/dreambooth.")
                         with gr.Row():
                             sources = handlers.source_choices()
                             self.source = gr.Dropdown(choices=sources, value=sources[0] if len(sources) == 1 else None,
                                                       label="Source checkpoint",
-                                                      elem_id="db_source", info="A .safetensors/.ckpt from the "
+                                                      elem_id="dbt_source", info="A .safetensors/.ckpt from the "
                                                       "checkpoint folder; the model type is detected.")
-                            self.refresh_sources = gr.Button("🔄", elem_id="db_refresh_sources", size="sm")
+                            self.refresh_sources = gr.Button("🔄", elem_id="dbt_refresh_sources", size="sm")
                         self.model_type = gr.Dropdown(choices=list(CREATE_MODEL_TYPES), value="detect",
-                                                      label="Model type", elem_id="db_model_type",
+                                                      label="Model type", elem_id="dbt_model_type",
                                                       info="detect reads it from the checkpoint; override only "
                                                       "when an SD 2.x 768 v-prediction file is misdetected.")
-                        self.create = gr.Button("Create Model", variant="primary", elem_id="db_create")
-                    with gr.Tab("Parameters", id="db_params_tab"):
+                        self.create = gr.Button("Create Model", variant="primary", elem_id="dbt_create")
+                    with gr.Tab("Parameters", id="dbt_params_tab"):
                         self.vram = gr.Number(label="VRAM (GB) for the Performance Wizard", value=0,
-                                              elem_id="db_wizard_vram", info="Used only without a CUDA "
+                                              elem_id="dbt_wizard_vram", info="Used only without a CUDA "
                                               "device (CPU/MPS); 0 = train on the CPU.")
                         self.widgets.update(build_params_panel())
-                    with gr.Tab("Concepts", id="db_concepts_tab"):
+                    with gr.Tab("Concepts", id="dbt_concepts_tab"):
                         self.widgets.update(build_concepts_panel())
-            with gr.Column(scale=2, elem_id="db_output_col"):
+            with gr.Column(scale=2, elem_id="dbt_output_col"):
                 # packages install.py could not install are named here, with the command to run
-                self.message = gr.Textbox(label="Message", lines=3, interactive=False, elem_id="db_message",
+                self.message = gr.Textbox(label="Message", lines=3, interactive=False, elem_id="dbt_message",
                                           value=deps.missing_message() or "")
-                self.status = gr.Textbox(label="Status", value="idle", interactive=False, elem_id="db_status")
-                self.samples = compat.gallery(label="Samples", columns=2, height=280, elem_id="db_sample_gallery")
-                self.charts = compat.gallery(label="Charts", columns=3, height=200, elem_id="db_charts")
-                self.log = gr.Textbox(label="Log (newest first)", lines=10, max_lines=10, interactive=False, elem_id="db_log",
+                self.status = gr.Textbox(label="Status", value="idle", interactive=False, elem_id="dbt_status")
+                self.samples = compat.gallery(label="Samples", columns=2, height=280, elem_id="dbt_sample_gallery")
+                self.charts = compat.gallery(label="Charts", columns=3, height=200, elem_id="dbt_charts")
+                self.log = gr.Textbox(label="Log (newest first)", lines=10, max_lines=10, interactive=False, elem_id="dbt_log",
                                       **compat.textbox_kwargs(copy_button=True, newest_first=True))
                 self.poll_sig = gr.State(None)
 
@@ -182,7 +185,7 @@ class Tab:
         outputs = [self.status, self.samples, self.charts, self.log, self.model_info, self.poll_sig]
         from .settings import option
 
-        seconds = float(option("dreambooth_status_poll_seconds") or POLL_SECONDS)
+        seconds = float(option("dreambooth_tab_status_poll_seconds") or POLL_SECONDS)
         compat.poll(blocks, self._poll, outputs, max(0.25, seconds), inputs=[self.poll_sig])
 
     def _poll(self, last):

@@ -40,7 +40,7 @@ def server(tmp_path_factory):
     deadline = time.time() + 120
     while True:
         try:
-            urllib.request.urlopen(url + "/dreambooth/status", timeout=2)
+            urllib.request.urlopen(url + "/dreambooth-tab/v1/status", timeout=2)
             break
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
@@ -94,48 +94,48 @@ def test_create_train_ckpt_in_browser(server):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
-        page.locator("#db_train").wait_for(timeout=60_000)
+        page.locator("#dbt_train").wait_for(timeout=60_000)
 
         # javascript/dreambooth.js is active standalone too: hints on the buttons
-        hint = page.locator("#db_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
+        hint = page.locator("#dbt_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
         assert hint.startswith("Start training")
-        page.locator("#db_train").click()  # bad input: no model selected
-        wait_text(page, "db_message", "no model selected", 30)
+        page.locator("#dbt_train").click()  # bad input: no model selected
+        wait_text(page, "dbt_message", "no model selected", 30)
         page.screenshot(path=str(shots / "01_tab_no_model.png"), full_page=True)
 
-        page.locator("#db_new_name textarea, #db_new_name input").first.fill("demo")
-        page.locator("#db_create").click()
-        wait_text(page, "db_message", "created", 180)
-        page.locator("#db_load").click()
-        wait_text(page, "db_message", "params of 'demo' loaded", 60)
+        page.locator("#dbt_new_name textarea, #dbt_new_name input").first.fill("demo")
+        page.locator("#dbt_create").click()
+        wait_text(page, "dbt_message", "created", 180)
+        page.locator("#dbt_load").click()
+        wait_text(page, "dbt_message", "params of 'demo' loaded", 60)
 
         open_tab(page, "Parameters")
-        epochs = page.locator("#db_num_train_epochs input").first
+        epochs = page.locator("#dbt_num_train_epochs input").first
         epochs.fill("2")
         epochs.press("Tab")
         open_tab(page, "Concepts")
-        assert "dreambooth_demo_images" in text_of(page, "db_concept0_instance_data_dir")
+        assert "dreambooth_demo_images" in text_of(page, "dbt_concept0_instance_data_dir")
         page.screenshot(path=str(shots / "02_concepts.png"), full_page=True)
 
         # javascript/dreambooth.js is active standalone too: hints on the buttons
-        hint = page.locator("#db_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
+        hint = page.locator("#dbt_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
         assert hint.startswith("Start training")
-        page.locator("#db_train").click()
-        wait_text(page, "db_message", "training 'demo' started", 60)
-        wait_text(page, "db_status", "done: demo · epoch 2/2", 300)
-        wait_text(page, "db_model_info", "revision 12", 30)  # the model's info follows the training
-        page.locator("#db_sample_gallery img").first.wait_for(timeout=60_000)
-        page.locator("#db_charts img").first.wait_for(timeout=60_000)
-        assert "training 'demo' done" in text_of(page, "db_log")
+        page.locator("#dbt_train").click()
+        wait_text(page, "dbt_message", "training 'demo' started", 60)
+        wait_text(page, "dbt_status", "done: demo · epoch 2/2", 300)
+        wait_text(page, "dbt_model_info", "revision 12", 30)  # the model's info follows the training
+        page.locator("#dbt_sample_gallery img").first.wait_for(timeout=60_000)
+        page.locator("#dbt_charts img").first.wait_for(timeout=60_000)
+        assert "training 'demo' done" in text_of(page, "dbt_log")
         page.screenshot(path=str(shots / "03_trained.png"), full_page=True)
 
-        page.locator("#db_ckpt").click()
-        message = wait_text(page, "db_message", "checkpoint written", 120)
+        page.locator("#dbt_ckpt").click()
+        message = wait_text(page, "dbt_message", "checkpoint written", 120)
         path = Path(message.split("checkpoint written: ")[1].split(" (")[0])
         assert path.is_file() and path.parent == models / "Stable-diffusion"
         open_tab(page, "Create")
-        page.locator("#db_refresh_sources").click()
-        page.locator("#db_source input").first.click()
+        page.locator("#dbt_refresh_sources").click()
+        page.locator("#dbt_source input").first.click()
         # the open list: ul.options (gradio 3) / ul.option-list (gradio 6), inside or beside the block
         page.locator("ul.options li, ul.option-list li", has_text=path.name).first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / "04_ckpt_listed.png"), full_page=True)
@@ -143,13 +143,13 @@ def test_create_train_ckpt_in_browser(server):
 
         # Cancel asks first (javascript/dreambooth.js): declining sends nothing, accepting does
         page.once("dialog", lambda dialog: dialog.dismiss())
-        page.locator("#db_cancel").click()
+        page.locator("#dbt_cancel").click()
         page.wait_for_timeout(1500)
-        assert "nothing to cancel" not in text_of(page, "db_message")
+        assert "nothing to cancel" not in text_of(page, "dbt_message")
         page.once("dialog", lambda dialog: dialog.accept())
-        page.locator("#db_cancel").click()
-        wait_text(page, "db_message", "nothing to cancel", 30)
+        page.locator("#dbt_cancel").click()
+        wait_text(page, "dbt_message", "nothing to cancel", 30)
         browser.close()
-    sources = json.load(urllib.request.urlopen(url + "/dreambooth/sources"))["sources"]
+    sources = json.load(urllib.request.urlopen(url + "/dreambooth-tab/v1/sources"))["sources"]
     assert str(path) in sources
     print(f"\nbrowser flow on gradio {gradio.__version__}: {time.time() - started:.1f} s; screenshots in {shots}")

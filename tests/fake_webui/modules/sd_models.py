@@ -1,5 +1,7 @@
 """modules.sd_models: checkpoint list, model_data, unload/send to device, as A1111 1.10 behaves."""
 import os
+import threading
+import time
 import types
 
 from modules import paths_internal, shared
@@ -25,9 +27,16 @@ class CheckpointInfo:
 model_data = types.SimpleNamespace(sd_model=None)
 
 
+refilling = threading.Event()  # set while list_models has emptied the list and not yet refilled it
+REFILL_SECONDS = 0.2  # the real host walks folders and builds titles meanwhile
+
+
 def list_models():
+    """As A1111: the list is emptied first, then refilled; a txt2img arriving in between finds nothing."""
     calls.append(("list_models",))
     checkpoints_list.clear()
+    refilling.set()
+    time.sleep(REFILL_SECONDS)
     dirs = [model_path] + ([shared.cmd_opts.ckpt_dir] if shared.cmd_opts.ckpt_dir else [])
     for folder in dirs:
         for root, _, files in os.walk(folder):
@@ -35,6 +44,14 @@ def list_models():
                 if name.endswith((".safetensors", ".ckpt")):
                     info = CheckpointInfo(os.path.join(root, name))
                     checkpoints_list[info.title] = info
+    refilling.clear()
+
+
+def select_checkpoint():
+    """What txt2img does under the generation lock before it generates."""
+    if not checkpoints_list:
+        raise FileNotFoundError("No checkpoints found")
+    return next(iter(checkpoints_list.values()))
 
 
 def send_model_to_cpu(m):

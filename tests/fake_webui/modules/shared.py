@@ -2,7 +2,7 @@
 import sys
 import types
 
-cmd_opts = types.SimpleNamespace(dreambooth_models_path=None, ckpt_dir=None, api_auth=None)
+cmd_opts = types.SimpleNamespace(dreambooth_tab_models_path=None, ckpt_dir=None, api_auth=None)
 lazy_load_attempts = 0  # reading shared.sd_model counts here: the extension must never do it
 
 
