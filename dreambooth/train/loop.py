@@ -79,7 +79,7 @@ class Trainer:
         self.check_every = self._check_every_override or (1 if self.device.type == "cpu" else LOG_EVERY)
         self.models = models = load_models(self.model, self.device, cfg)
         text_encoder_frozen = cfg.stop_text_encoder <= 0
-        cast = cast_frozen(models, accelerator.mixed_precision, text_encoder_frozen)
+        self.frozen_cast = cast = cast_frozen(models, accelerator.mixed_precision, text_encoder_frozen)
         if cast:
             self.log(f"frozen {' and '.join(cast)} in {accelerator.mixed_precision} (they never train)")
         # buckets, class images (generated when missing), bucket report, latent and text caches
