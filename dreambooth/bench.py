@@ -96,7 +96,7 @@ def worker_reference(spec: dict) -> dict:
     clock = StepClock(spec["warmup"], spec["steps"], _device_type())
     run_reference(components, tokenizer, images, PROMPT, steps=spec["steps"], batch=spec["batch"], lr=spec["lr"],
                   resolution=spec["resolution"], seed=spec["seed"], on_step=clock,
-                  gradient_checkpointing=spec["gradient_checkpointing"])
+                  gradient_checkpointing=spec["gradient_checkpointing"], low_memory=spec.get("low_memory", False))
     return clock.record(spec["batch"])
 
 
@@ -113,8 +113,20 @@ def _trainer_config(spec: dict):
                            "save_infer_steps": spec.get("sample_steps", 20)}],
     }
     cfg = TrainConfig(values)
+    for key, value in spec.get("low_memory_settings", {}).items():
+        cfg.set(key, value)
     apply_assignments(cfg, spec.get("set", []))
     return cfg
+
+
+def low_memory_settings(images: int) -> dict:
+    """The Performance Wizard's lowest-memory settings (its smallest GPU, 6 GB), for the memory race."""
+    from .bench_reference import adam8bit_class
+    from .wizard import recommend
+
+    changes, _ = recommend(6, images, "v1x", bnb_available=adam8bit_class() is not None)
+    keep = ("mixed_precision", "optimizer", "gradient_checkpointing", "stop_text_encoder", "use_ema")
+    return {key: changes[key] for key in keep if key in changes}
 
 
 def worker_trainer(spec: dict) -> dict:
@@ -223,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=8, help="demo images (default 8)")
     parser.add_argument("--resolution", type=int, default=128, help="training resolution (default 128)")
     parser.add_argument("--lr", type=float, default=2e-6, help="learning rate for both (default 2e-6)")
-    parser.add_argument("--preset", choices=("tiny", "small"), default="small")
+    parser.add_argument("--preset", choices=("tiny", "small", "sd15"), default="small",
+                        help="small: SD1-shaped 17.6M UNet; sd15: SD1.5's real shapes (UNet 860M, VAE 83M, CLIP-L) "
+                             "with random weights, for peak memory at the size users train (implies --low-memory)")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="the memory race: the trainer with the Wizard's lowest-memory settings, the reference "
+                             "with its gradient checkpointing, set-grads-to-none and 8-bit Adam (where bitsandbytes runs)")
     parser.add_argument("--pairs", type=int, default=3, help="alternating reference/trainer pairs (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0 = torch's default)")
@@ -265,9 +282,15 @@ def _run(args, root: Path, log) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else (platform.processor() or platform.machine())
     paths = prepare_workdir(root, args.preset, args.images, args.resolution, log)
+    low_memory = args.low_memory or args.preset == "sd15"
     base = dict(paths, steps=args.steps, warmup=args.warmup, batch=args.batch, lr=args.lr,
                 resolution=args.resolution, seed=args.seed, threads=args.threads,
-                gradient_checkpointing=args.gradient_checkpointing)
+                gradient_checkpointing=args.gradient_checkpointing or low_memory, low_memory=low_memory)
+    if low_memory:
+        base["low_memory_settings"] = low_memory_settings(args.images)
+        log(f"low-memory race: trainer with the Wizard's settings {base['low_memory_settings']}; reference with "
+            "gradient checkpointing, set-grads-to-none and "
+            + ("8-bit AdamW" if "8bit" in base["low_memory_settings"].get("optimizer", "") else "AdamW"))
     load_before = os.getloadavg()
     log(f"{args.pairs} pairs of runs, {args.steps} steps each ({args.warmup} warm-up), batch {args.batch}, "
         f"{args.resolution} px, preset {args.preset}, gradient checkpointing "
@@ -318,7 +341,8 @@ def _run(args, root: Path, log) -> int:
               "device_name": device_name, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
               "images": args.images, "resolution": args.resolution, "preset": args.preset, "lr": args.lr,
               "pairs": args.pairs, "trainer_settings": args.set,
-              "gradient_checkpointing": args.gradient_checkpointing,
+              "gradient_checkpointing": base["gradient_checkpointing"], "low_memory": low_memory,
+              "low_memory_settings": base.get("low_memory_settings"),
               "torch_threads": args.threads or torch.get_num_threads(),
               "reference": summary["reference"], "trainer": summary["trainer"],
               "speedups": [round(s, 3) for s in speedups], "rss_ratios": [round(r, 3) for r in rss_ratios],

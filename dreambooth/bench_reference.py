@@ -67,7 +67,7 @@ def collate_fn(examples: list[dict]) -> dict:
 
 def run_reference(components: dict, tokenizer, image_paths: list[Path], prompt: str, *, steps: int, batch: int,
                   lr: float, resolution: int, seed: int, on_step: Callable[[int], None],
-                  gradient_checkpointing: bool = False) -> float:
+                  gradient_checkpointing: bool = False, low_memory: bool = False) -> float:
     """Train `steps` optimizer steps; calls `on_step(step)` after each one. Returns the last loss."""
     import torch
     import torch.nn.functional as F
@@ -83,7 +83,13 @@ def run_reference(components: dict, tokenizer, image_paths: list[Path], prompt: 
     unet.train()
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    # `low_memory`: the script's own memory flags: --gradient_checkpointing, --set_grads_to_none and
+    # --use_8bit_adam (bitsandbytes' AdamW8bit, where it runs; else the same AdamW as the trainer)
+    optimizer_class = torch.optim.AdamW
+    if low_memory:
+        gradient_checkpointing = True
+        optimizer_class = adam8bit_class() or torch.optim.AdamW
+    optimizer = optimizer_class(unet.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     dataset = DreamBoothDataset(image_paths, prompt, tokenizer, resolution)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collate_fn,
                                          num_workers=0)
@@ -117,7 +123,7 @@ def run_reference(components: dict, tokenizer, image_paths: list[Path], prompt: 
                     accelerator.clip_grad_norm_(unet.parameters(), 1.0)
                 optimizer.step()
                 lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=False)
+                optimizer.zero_grad(set_to_none=low_memory)
             if accelerator.sync_gradients:
                 step += 1
                 loss_value = loss.detach().item()  # the script logs it every step
@@ -125,6 +131,21 @@ def run_reference(components: dict, tokenizer, image_paths: list[Path], prompt: 
             if step >= steps:
                 break
     return loss_value
+
+
+def adam8bit_class():
+    """bitsandbytes' AdamW8bit when it imports and steps on this device, else None."""
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        probe = torch.nn.Parameter(torch.zeros(4, 4, device="cuda" if torch.cuda.is_available() else "cpu"))
+        optimizer = bnb.optim.AdamW8bit([probe], lr=1e-3)
+        probe.grad = torch.ones_like(probe)
+        optimizer.step()
+        return bnb.optim.AdamW8bit
+    except Exception:  # noqa: BLE001 - not installed, or built without support for this device
+        return None
 
 
 def now() -> float:

@@ -60,7 +60,9 @@ def coerce(field: Field, raw: Any, where: str = "") -> Any:
             return value
         if raw is None:
             return ""
-        return raw if isinstance(raw, str) else str(raw)
+        if not isinstance(raw, str):  # {"instance_data_dir": 5} is a mistake, not the folder "5"
+            raise TypeError
+        return raw
     except (TypeError, ValueError, json.JSONDecodeError):
         raise DreamboothError(
             f"{name} = {raw!r} is not a valid {field.kind.__name__}: expected {field.describe_range()}",
@@ -74,6 +76,7 @@ def check_bounds(field: Field, value: Any, where: str = "") -> None:
         or (field.minimum is not None and value < field.minimum)
         or (field.above is not None and value <= field.above)
         or (field.maximum is not None and value > field.maximum)
+        or (field.multiple_of and value % field.multiple_of)
     )
     if bad:
         raise DreamboothError(f"{name} = {value!r} is out of range: allowed {field.describe_range()}", field=name)
@@ -95,7 +98,10 @@ class Concept:
         raise AttributeError(name)
 
     @classmethod
-    def from_dict(cls, data: dict, index: int, warnings: list[str]) -> "Concept":
+    def from_dict(cls, data: dict, index: int, warnings: list[str] | None) -> "Concept":
+        """`warnings` None: strict (what a user types now, CLI/REST/tab/concepts file): an unknown key is an
+        error naming it and the allowed keys. A list: lenient (a saved db_config.json, perhaps from the
+        older extension): the key is reported there and ignored."""
         if not isinstance(data, dict):
             raise DreamboothError(f"concepts_list[{index}] must be an object with concept fields, got {data!r}",
                                   field="concepts_list")
@@ -103,8 +109,13 @@ class Concept:
         for key, raw in data.items():
             spec = CONCEPT_FIELD_BY_NAME.get(key)
             if spec is None:
-                if key not in _IGNORED_LEGACY_KEYS:
-                    warnings.append(f"concepts_list[{index}]: unknown key '{key}' ignored")
+                if key in _IGNORED_LEGACY_KEYS:
+                    continue
+                if warnings is None:
+                    raise DreamboothError(
+                        f"concepts_list[{index}]: unknown key '{key}'{_did_you_mean(key)}; allowed keys: "
+                        f"{', '.join(CONCEPT_FIELD_BY_NAME)}", field=f"concepts_list[{index}].{key}")
+                warnings.append(f"concepts_list[{index}]: unknown key '{key}' ignored")
                 continue
             where = f"concepts_list[{index}]."
             values[key] = coerce(spec, raw, where)
@@ -144,6 +155,8 @@ class TrainConfig:
         if name == "concepts_list":
             concepts_from_list(value)  # validates every concept now, not at train time
         self._values[name] = value
+        if name in ("use_concepts", "concepts_path") and self.use_concepts and self.concepts_path.strip():
+            load_concepts_source(self.concepts_path)  # a bad concepts file fails here, not at train time
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self._values)
@@ -157,12 +170,19 @@ class TrainConfig:
         return concepts_from_list(self.concepts_list)
 
 
+def _did_you_mean(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(CONCEPT_FIELD_BY_NAME), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _copy_default(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
 def concepts_from_list(items: Iterable, warnings: list[str] | None = None) -> list[Concept]:
-    warnings = [] if warnings is None else warnings
+    """Concepts from JSON objects; strict about unknown keys unless a `warnings` list collects them."""
     return [Concept.from_dict(item, i, warnings) for i, item in enumerate(items)]
 
 
@@ -217,6 +237,9 @@ def config_from_dict(data: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     for name, raw in known.items():
         if name == "concepts_list":
             cfg._values[name] = [c.to_dict() for c in concepts_from_list(coerce(FIELD_BY_NAME[name], raw), warnings)]
+        elif name in ("use_concepts", "concepts_path"):  # a saved file must load even if its concepts file moved
+            spec = FIELD_BY_NAME[name]
+            cfg._values[name] = coerce(spec, raw)
         else:
             cfg.set(name, raw)
     return cfg, warnings

@@ -42,6 +42,7 @@ class Field:
     choices: tuple[str, ...] | None = None
     model_types: tuple[str, ...] = ALL_MODEL_TYPES
     hidden: bool = False  # bookkeeping the program maintains; not shown as a widget
+    multiple_of: int | None = None  # ints only: the value must be a multiple of this
 
     def describe_range(self) -> str:
         if self.choices:
@@ -49,7 +50,8 @@ class Field:
         low = f"> {_num(self.above)}" if self.above is not None else (
             f">= {_num(self.minimum)}" if self.minimum is not None else "")
         high = f"<= {_num(self.maximum)}" if self.maximum is not None else ""
-        return " and ".join(part for part in (low, high) if part) or f"a {self.kind.__name__}"
+        step = f"a multiple of {self.multiple_of}" if self.multiple_of else ""
+        return " and ".join(part for part in (low, high, step) if part) or f"a {self.kind.__name__}"
 
 
 def _num(value: float) -> str:
@@ -152,10 +154,16 @@ _TRAINING = [
        "Min-SNR loss weighting (5 is typical; 0 = off): faster, steadier convergence.", minimum=0, maximum=20),
     _f("use_ema", bool, False, "Training", "Use EMA",
        "Keep an exponential moving average of the UNet weights (smoother results, more memory)."),
-    _f("ema_decay", float, 0.9999, "Training", "EMA decay", "Weight of the old average at each step.",
+    _f("ema_decay", float, 0.9999, "Training", "EMA decay",
+       "Largest weight of the old average at each step; as in diffusers, the decay warms up as "
+       "min(ema_decay, (1 + step) / (10 + step)), so short runs are not stuck at their starting weights.",
        minimum=0, maximum=1),
     _f("ema_on_cpu", bool, False, "Training", "Keep EMA on the CPU",
        "Hold the EMA weights in system RAM instead of VRAM (slower steps, less VRAM)."),
+    _f("ema_update_every", int, 0, "Training", "EMA update interval (steps)",
+       "Update the EMA every N optimizer steps, with the decay compounded over the skipped steps "
+       "(0 = automatic: every step, or every 10 steps when the EMA is kept on the CPU while training on a GPU).",
+       minimum=0, maximum=1000),
     _f("infer_ema", bool, False, "Training", "Use EMA for samples",
        "Generate previews with the EMA weights."),
     _f("save_ema", bool, True, "Training", "Save EMA weights",
@@ -183,8 +191,9 @@ _PRECISION = [
        "Compute in fp16 or bf16 where the device supports it (fp16 falls back to fp32 on a CPU).",
        choices=MIXED_PRECISION),
     _f("resolution", int, 512, "Image Processing", "Max resolution",
-       "Training images are resized and centre-cropped to this size (multiple of 8).",
-       minimum=8, maximum=4096),
+       "Training images are resized and centre-cropped to this size (a multiple of 8: the VAE works in 8-pixel "
+       "cells; buckets use multiples of 64 from 256 px up).",
+       minimum=8, maximum=4096, multiple_of=8),
     _f("seed", int, -1, "Image Processing", "Seed", "Training seed (-1 = random, logged).",
        minimum=-1, maximum=2**32 - 1),
 ]

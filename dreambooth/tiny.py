@@ -60,7 +60,13 @@ PRESETS = {
     "tiny-v2v": {"unet": _unet_v2((32, 64, 64), 64), "vae": _vae((32, 32, 64, 64), 64),
                  "text_encoder": dict(_OPENCLIP)},
 }
-PRESET_RESOLUTION.update({"tiny-v2": 64, "tiny-v2v": 64})
+# SD1.5's real shapes (UNet 860M, VAE 83M, CLIP ViT-L/14 text encoder 123M) with seeded random weights:
+# what `bench --preset sd15` measures memory with, at the size users train. Not for the tab or tests.
+_CLIP_L = dict(_CLIP, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+               projection_dim=768)
+PRESETS["sd15"] = {"unet": dict(_unet((320, 640, 1280, 1280), 512), cross_attention_dim=768),
+                   "vae": _vae((128, 256, 512, 512), 512), "text_encoder": _CLIP_L}
+PRESET_RESOLUTION.update({"tiny-v2": 64, "tiny-v2v": 64, "sd15": 512})
 PRESET_PREDICTION = {"tiny-v2v": "v_prediction"}  # the others: epsilon
 
 

@@ -24,9 +24,41 @@ def _check_file(path: Path) -> None:
                               field="source")
 
 
+def file_kind(path: Path) -> str:
+    """What the file's first bytes say it is: "zip-pickle" (torch.save since 1.6), "pickle" (older
+    torch.save), "safetensors" (8-byte header length, then a JSON object) or "unknown"."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip-pickle"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6):  # pickle protocol 2-5 opcode
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
+def _out_of_memory(path: Path, exc: BaseException) -> DreamboothError:
+    size_gb = path.stat().st_size / 2**30
+    return DreamboothError(
+        f"not enough memory to load '{path.name}' ({size_gb:.1f} GB): close other programs (or the WebUI's "
+        f"loaded model) and try again; the file itself may be fine ({type(exc).__name__}: {exc})", field="source")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "not enough memory" in text or "cannot allocate memory" in text))
+
+
 def _load_safetensors(path: Path):
     from safetensors import safe_open
 
+    kind = file_kind(path)
+    if kind in ("zip-pickle", "pickle"):
+        raise DreamboothError(
+            f"'{path.name}' is a pickle checkpoint (a .ckpt) named .safetensors, not a safetensors file: rename it "
+            f"to '{path.stem}.ckpt' and pick that (it is loaded without running code from it)", field="source")
     try:
         tensors = {}
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -34,6 +66,8 @@ def _load_safetensors(path: Path):
             for key in handle.keys():
                 tensors[key] = handle.get_tensor(key)
     except Exception as exc:  # safetensors raises its own error types for bad headers/truncation
+        if _is_out_of_memory(exc):
+            raise _out_of_memory(path, exc) from exc
         raise DreamboothError(f"'{path.name}' is not a readable .safetensors file (truncated or corrupt "
                               f"download?): {exc}. Download it again.", field="source") from exc
     return tensors, metadata
@@ -52,6 +86,11 @@ def _load_pickle(path: Path):
                               f"it was refused for safety. Use a .safetensors version of this model.",
                               field="source") from exc
     except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise _out_of_memory(path, exc) from exc
+        if file_kind(path) == "safetensors":
+            raise DreamboothError(f"'{path.name}' is a safetensors file with a pickle name: rename it to "
+                                  f"'{path.stem}.safetensors' and pick that", field="source") from exc
         raise DreamboothError(f"'{path.name}' is not a readable checkpoint (truncated or corrupt?): {exc}",
                               field="source") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):

@@ -50,6 +50,10 @@ def components_from_single_file(path: Path, progress: Callable[[str], None] = pr
     progress(f"reading {path.name}")
     state_dict, metadata = load_state_dict(path)
     family = detect_model_type(state_dict.keys(), path.name)
+    ema = [k for k in state_dict if k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates")]
+    if ema:  # said, not silently dropped: users ask which weights they are training
+        progress(f"{path.name} also holds EMA weights ({len(ema)} model_ema.* tensors): the regular UNet weights "
+                 "are used, as for training from any checkpoint; the EMA copy is not imported")
     configs = infer_configs(state_dict, metadata)
     unet_sd, vae_sd, te_sd = ldm_to_diffusers(state_dict, configs)
     extras = {}

@@ -46,11 +46,12 @@ def _from_module(module, name: str) -> tuple[dict, dict]:
     return state, model_config(module)
 
 
-def gather(source=None, **modules) -> tuple[dict, dict]:
-    """({name: state_dict}, {name: config}) for the three components from modules and/or a folder."""
+def gather(source=None, fallback=None, **modules) -> tuple[dict, dict]:
+    """({name: state_dict}, {name: config}) for the three components from modules and/or a folder.
+    A dict `source` may leave components out (or None): they are read from the `fallback` folder."""
     if isinstance(source, dict):
         modules = {**source, **{k: v for k, v in modules.items() if v is not None}}
-        source = None
+        source = fallback
     states, configs = {}, {}
     for name in COMPONENTS:
         if modules.get(name) is not None:
@@ -98,7 +99,7 @@ def export_single_file(source, out_path, half: bool = False, metadata: dict | No
         raise DreamboothError(f"cannot write '{out_path.name}': the file name must end in .safetensors or .ckpt",
                               field="save_safetensors")
     prediction, extras = _working_facts(source, working, prediction_type)
-    states, configs = gather(source, unet=unet, vae=vae, text_encoder=text_encoder)
+    states, configs = gather(source, working, unet=unet, vae=vae, text_encoder=text_encoder)
     ldm = diffusers_to_ldm(states["unet"], states["vae"], states["text_encoder"], configs, te_extras=extras)
     configs = dict(configs, scheduler={"prediction_type": prediction})
     # SD1 checkpoints carry CLIP's position_ids buffer; transformers 5 no longer has it in its state dict.

@@ -5,14 +5,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..train.text import encode_text
-from .buckets import bucket_sizes, fit_to_bucket, nearest_bucket
-from .cache import DiskCache, encode_bucket, entry_key, file_digest, vae_fingerprint
+from .buckets import bucket_sizes, nearest_bucket
+from .cache import DiskCache, encode_rows, entry_key, file_digest, vae_fingerprint
 from .captions import warn_truncated
 from .dataset import Bucket, TrainItem, TrainingSet, tokenize
+from .images import load_pixels
 
 
 def assign_buckets(items: list[TrainItem], images: list, resolution: int, step: int, enabled: bool) -> None:
-    """Give every item without one the bucket nearest to its image's aspect ratio."""
+    """Give every item without one the bucket nearest to its image's aspect ratio (`images`: anything with
+    width and height, e.g. the header-only ImageInfo)."""
     sizes = bucket_sizes(resolution, step, enabled)
     for item, image in zip(items, images):
         if item.bucket is None:
@@ -26,7 +28,7 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
                        hflip: bool = False, shuffle_tags: bool = False, keep_tags: int = 1,
                        cache_text: bool = True, warn: Callable[[str], None] | None = None,
                        log: Callable[[str], None] | None = None) -> TrainingSet:
-    """Encode the instance (item, image) pairs and the class pairs once.
+    """Encode the instance (item, image info) pairs and the class pairs once, one chunk of images at a time.
 
     `classes` are class items with their bucket already set (that of the instance owning them) and
     `owned[i]` lists the class items instance item i brings into its batches. `cache_dir` (the model's
@@ -55,21 +57,20 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     digests: dict[Path, str] = {}
     buckets = []
     for size, members in zip(sizes, rows):
-        pixels = torch.stack([fit_to_bucket(entries[n][1], size) for n in members])
         bucket = Bucket(size)
-        if not cache_latents:
-            bucket.pixels = pixels
+        load = lambda row, members=members, size=size: load_pixels(entries[members[row]][1], size)  # noqa: E731
+        if not cache_latents:  # bucket-sized uint8 only, never the source images
+            bucket.pixels = torch.stack([load(row) for row in range(len(members))])
         else:
-            for flip in ([False, True] if hflip else [False]):
-                keys = None
-                if disk is not None:
-                    keys = [entry_key(_digest(digests, entries[n][0].path), size, flip, resolution, fingerprint)
-                            for n in members]
-                mean, std = encode_bucket(vae, pixels, device, keys, disk, flip)
-                if flip:
-                    bucket.mean_flip, bucket.std_flip = mean, std
-                else:
-                    bucket.mean, bucket.std = mean, std
+            flips = [False, True] if hflip else [False]
+            keys = None
+            if disk is not None:
+                keys = {flip: [entry_key(_digest(digests, entries[n][0].path), size, flip, resolution, fingerprint)
+                               for n in members] for flip in flips}
+            encoded = encode_rows(vae, load, len(members), size, device, keys, disk, flips)
+            bucket.mean, bucket.std = encoded[False]
+            if hflip:
+                bucket.mean_flip, bucket.std_flip = encoded[True]
         buckets.append(bucket)
     if disk is not None:
         removed = disk.prune()

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 from ..fsutil import atomic_path
 from .buckets import to_unit_range
 
-ENCODE_CHUNK = 8
+ENCODE_PIXELS = 512 * 512  # pixels per VAE encode call while caching (see encode_chunk_size)
+ENCODE_CHUNK_MAX = 16
 FORMAT = 1
 
 
@@ -95,25 +97,42 @@ class DiskCache:
         return removed
 
 
-def encode_bucket(vae, pixels, device, keys: list[str] | None, disk: DiskCache | None, flip: bool):
-    """(mean, std) for every row of one bucket's uint8 pixels, from the disk cache where it has them."""
+def encode_chunk_size(size: tuple[int, int], batch_pixels: int = ENCODE_PIXELS) -> int:
+    """Images per VAE encode call at this bucket size. The VAE encoder's first activations are 128
+    channels at full resolution (~1 GB for 8 images at 512 px in fp32), so the caching pass encodes
+    about one 512 px image's worth of pixels at a time: 1 image at 512 px, 16 at 128 px."""
+    return max(1, min(ENCODE_CHUNK_MAX, batch_pixels // (size[0] * size[1])))
+
+
+def encode_rows(vae, load: Callable[[int], object], count: int, size: tuple[int, int], device,
+                keys: dict[bool, list[str]] | None, disk: DiskCache | None, flips: list[bool]):
+    """{flip: (mean, std)} for `count` images of one bucket, from the disk cache where it has them.
+
+    `load(row)` decodes one image to uint8 (3, H, W) at the bucket size; only a chunk of them is held at
+    once, so memory does not grow with the number or the size of the source images."""
     import torch
 
-    rows = pixels.flip(-1) if flip else pixels
-    means: list = [None] * len(rows)
-    stds: list = [None] * len(rows)
+    found = {flip: ([None] * count, [None] * count) for flip in flips}
     missing = []
-    for row in range(len(rows)):
-        found = disk.load(keys[row], device) if disk is not None else None
-        if found is None:
+    for row in range(count):
+        complete = True
+        for flip in flips:
+            hit = disk.load(keys[flip][row], device) if disk is not None else None
+            if hit is None:
+                complete = False
+            else:
+                found[flip][0][row], found[flip][1][row] = hit
+        if not complete:
             missing.append(row)
-        else:
-            means[row], stds[row] = found
-    for start in range(0, len(missing), ENCODE_CHUNK):
-        chunk = missing[start:start + ENCODE_CHUNK]
-        mean, std = encode(vae, rows[chunk], device)
-        for offset, row in enumerate(chunk):
-            means[row], stds[row] = mean[offset], std[offset]
-            if disk is not None:
-                disk.save(keys[row], mean[offset], std[offset])
-    return torch.stack(means), torch.stack(stds)
+    chunk = encode_chunk_size(size)
+    for start in range(0, len(missing), chunk):
+        rows = missing[start:start + chunk]
+        pixels = torch.stack([load(row) for row in rows])
+        for flip in flips:
+            mean, std = encode(vae, pixels.flip(-1) if flip else pixels, device)
+            for offset, row in enumerate(rows):
+                found[flip][0][row], found[flip][1][row] = mean[offset], std[offset]
+                if disk is not None:
+                    disk.save(keys[flip][row], mean[offset], std[offset])
+        del pixels
+    return {flip: (torch.stack(means), torch.stack(stds)) for flip, (means, stds) in found.items()}

@@ -19,7 +19,7 @@ from ..errors import DreamboothError
 from ..fsutil import atomic_path, atomic_write_text
 from .captions import FILEWORDS, build_caption, class_words
 from .dataset import TrainItem
-from .images import IMAGE_SUFFIXES, open_all
+from .images import IMAGE_SUFFIXES, ImageInfo, probe_all
 
 
 @dataclass
@@ -128,10 +128,10 @@ def _chunks(jobs: list[ClassJob], batch_size: int):
 
 
 def load_class_images(concepts: list[Concept], items: list[TrainItem], model,
-                      warn: Callable[[str], None]) -> tuple[list[tuple[TrainItem, object]], list[list[int]]]:
-    """(class item, image) pairs, each class item at its owner's bucket, and for every instance item the
+                      warn: Callable[[str], None]) -> tuple[list[tuple[TrainItem, ImageInfo]], list[list[int]]]:
+    """(class item, header info) pairs, each class item at its owner's bucket, and for every instance item the
     class items it owns (round-robin pairing, see `dataset`)."""
-    classes: list[tuple[TrainItem, object]] = []
+    classes: list[tuple[TrainItem, ImageInfo]] = []
     owned: list[list[int]] = [[] for _ in items]
     for index, concept in enumerate(concepts):
         if concept.num_class_images_per <= 0:
@@ -139,7 +139,7 @@ def load_class_images(concepts: list[Concept], items: list[TrainItem], model,
         owners = _concept_items(items, index)
         folder = class_folder(concept, index, model)
         paths = existing_class_images(folder)[:concept.num_class_images_per * len(owners)]
-        opened = open_all(paths, warn)
+        opened = probe_all(paths, warn)
         if not opened:
             warn(f"concept {index}: no class images in {folder}; training it without prior preservation")
             continue
@@ -149,9 +149,9 @@ def load_class_images(concepts: list[Concept], items: list[TrainItem], model,
             for i in mine:
                 bucket = items[owner].bucket
                 if (i, bucket) not in made:
-                    path, image = opened[i]
-                    caption = build_caption(concept.class_prompt, path)
+                    info = opened[i]
+                    caption = build_caption(concept.class_prompt, info.path)
                     made[(i, bucket)] = len(classes)
-                    classes.append((TrainItem(path, caption, index, bucket, is_class=True), image))
+                    classes.append((TrainItem(info.path, caption, index, bucket, is_class=True), info))
                 owned[owner].append(made[(i, bucket)])
     return classes, owned

@@ -34,7 +34,7 @@ from typing import Callable
 from ..config import Concept
 from ..errors import DreamboothError
 from .captions import build_caption, shuffle_tags
-from .images import find_images, open_all
+from .images import ImageInfo, find_images, probe_all
 
 
 @dataclass
@@ -60,20 +60,20 @@ def _folder_field(concepts: list[Concept], index: int) -> str:
     return "instance_data_dir" if len(concepts) == 1 else f"concepts_list[{index}].instance_data_dir"
 
 
-def collect_items(concepts: list[Concept], warn: Callable[[str], None]) -> list[tuple[TrainItem, object]]:
-    """(item, PIL image) for every readable instance image of every concept."""
+def collect_items(concepts: list[Concept], warn: Callable[[str], None]) -> list[tuple[TrainItem, ImageInfo]]:
+    """(item, header info) for every readable instance image of every concept; no pixels are kept."""
     check_concepts(concepts)
     items = []
     for index, concept in enumerate(concepts):
         field = _folder_field(concepts, index)
-        paths = find_images(concept.instance_data_dir, field)
-        opened = open_all(paths, warn)
-        if not opened:
+        paths = find_images(concept.instance_data_dir, field, warn)
+        found = probe_all(paths, warn)
+        if not found:
             raise DreamboothError(f"{field} '{concept.instance_data_dir}': none of its images could be read",
                                   field=field)
-        for path, image in opened:
-            caption = build_caption(concept.instance_prompt, path, concept.instance_token, concept.class_token)
-            items.append((TrainItem(path, caption, index), image))
+        for info in found:
+            caption = build_caption(concept.instance_prompt, info.path, concept.instance_token, concept.class_token)
+            items.append((TrainItem(info.path, caption, index), info))
     return items
 
 

@@ -17,8 +17,9 @@ from .control import TrainControl
 from .metrics import MetricsLog, memory_mb
 from .plan import TrainPlan, plan_from_config, shard_groups
 from .schedulers import build_lr_scheduler, spec_from_config
-from .ema import EMA
-from .setup import load_models, make_accelerator, pick_seed, set_text_encoder_trainable, text_encoder_epochs
+from .ema import EMA, resolve_update_every
+from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
+                    set_text_encoder_trainable, text_encoder_epochs)
 from .step import micro_batch_loss
 
 LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
@@ -45,13 +46,20 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, model: ModelDir, cfg: TrainConfig, control: TrainControl | None = None,
-                 resume: bool = False):
+                 resume: bool = False, *, check_every: int | None = None, offload: bool | None = None):
+        """`check_every`: steps between reads of the device-side NaN flag and (with several processes) the
+        cancel vote; None = 1 on a CPU (free there) and LOG_EVERY on an accelerator, where each read waits
+        for the device. `offload`: move cached frozen modules to RAM between previews; None = on an
+        accelerator only. Both exist so that tests on a CPU run the accelerator's code paths."""
         self.model = model
         self.cfg = cfg
         self.control = control or TrainControl()
         self.resume = resume
         self.log = self.control.log
         self._params, self._params_for = [], None  # see _trained_parameters
+        self._check_every_override = check_every
+        self._offload_override = offload
+        self._offloaded: list = []  # (module, its training device) parked in RAM between previews
 
     # set-up -----------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -68,9 +76,15 @@ class Trainer:
 
         self.accelerator = accelerator = make_accelerator(cfg, self.log)
         self.device = accelerator.device
+        self.check_every = self._check_every_override or (1 if self.device.type == "cpu" else LOG_EVERY)
         self.models = models = load_models(self.model, self.device, cfg)
+        text_encoder_frozen = cfg.stop_text_encoder <= 0
+        self.frozen_cast = cast = cast_frozen(models, accelerator.mixed_precision, text_encoder_frozen)
+        if cast:
+            self.log(f"frozen {' and '.join(cast)} in {accelerator.mixed_precision} (they never train)")
         # buckets, class images (generated when missing), bucket report, latent and text caches
         self.training_set = prepare_training_set(self, concepts, pairs)
+        self._offload_frozen(text_encoder_frozen)
         self.first_captions = {}  # each concept's first caption: the default sample prompt
         for item in self.training_set.items:
             self.first_captions.setdefault(item.concept, item.caption)
@@ -93,7 +107,12 @@ class Trainer:
         else:
             self.unet, self.optimizer = accelerator.prepare(models.unet, optimizer)
             self.text_encoder = models.text_encoder
-        self.ema = EMA(models.unet, cfg.ema_decay, cfg.ema_on_cpu) if cfg.use_ema else None
+        self.ema = None
+        if cfg.use_ema:
+            every = resolve_update_every(cfg.ema_update_every, cfg.ema_on_cpu, self.device)
+            self.ema = EMA(models.unet, cfg.ema_decay, cfg.ema_on_cpu, every)
+            self.log(f"EMA of the UNet: decay up to {cfg.ema_decay:g} with warm-up, updated every {every} step(s)"
+                     + (", kept in RAM" if cfg.ema_on_cpu else ""))
 
         from diffusers import DDPMScheduler
 
@@ -107,7 +126,9 @@ class Trainer:
         self.skip_batches = 0
         if self.resume:
             self._restore()
-        self.metrics = MetricsLog(self.model.logging)
+        self.metrics = MetricsLog(self.model.logging, keep_until=self.global_step if self.resume else None,
+                                  warn=lambda message: self.log(f"warning: {message}"),
+                                  owner=accelerator.is_main_process)
         self.log(f"training {len(self.training_set)} images, {self.plan.epochs} epochs, "
                  f"{self.plan.steps_per_epoch} steps per epoch ({self.plan.total_steps} steps), "
                  f"batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps}, seed {self.seed}, "
@@ -128,7 +149,7 @@ class Trainer:
 
             load_text_encoder_weights(self.models.text_encoder, snap["weights"]["text_encoder"])
         if self.ema is not None and "ema_unet" in snap["weights"]:
-            self.ema.load_state_dict(snap["weights"]["ema_unet"])
+            self.ema.load_state_dict(snap["weights"]["ema_unet"], step_if_missing=state["global_step"])
         saved_with = state.get("optimizer", self.cfg.optimizer)
         if saved_with != self.cfg.optimizer:
             raise DreamboothError(
@@ -141,6 +162,7 @@ class Trainer:
                 f"snapshot {path.name} was saved with other optimizer settings ({error}): use the optimizer and "
                 "stop_text_encoder it was trained with, or train without --resume", field="optimizer") from None
         self.lr_scheduler.load_state_dict(snap["scheduler"])
+        self._apply_configured_lr()
         self.generator.set_state(snap["generator"])
         self.seed = state["seed"]
         self.global_step = state["global_step"]
@@ -148,6 +170,24 @@ class Trainer:
         self.start_epoch = state["epochs_done"]
         self.skip_batches = state["batches_done_in_epoch"]
         self.log(f"resumed from {path.name}: step {self.global_step}, epoch {self.start_epoch}")
+
+    def _apply_configured_lr(self) -> None:
+        """A resumed run trains at the learning rates db_config.json shows: the snapshot's optimizer and
+        scheduler carry the old ones, so a changed value is applied (and said) instead of silently lost."""
+        wanted = [self.cfg.learning_rate, self.cfg.txt_learning_rate][:len(self.optimizer.param_groups)]
+        saved = list(self.lr_scheduler.base_lrs)
+        if all(abs(a - b) <= 1e-12 * max(abs(a), abs(b)) for a, b in zip(saved, wanted)):
+            return
+        names = ["learning_rate", "txt_learning_rate"]
+        changes = [f"{names[i]} {old:g} -> {new:g}" for i, (old, new) in enumerate(zip(saved, wanted)) if old != new]
+        self.lr_scheduler.base_lrs = list(wanted)
+        factors = [fn(self.lr_scheduler.last_epoch) for fn in self.lr_scheduler.lr_lambdas]
+        for group, base, factor in zip(self.optimizer.param_groups, wanted, factors):
+            group["initial_lr"] = base
+            group["lr"] = base * factor
+        self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.log(f"resume: the snapshot trained with other learning rates; continuing with db_config.json's "
+                 f"({'; '.join(changes)})")
 
     # the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -171,17 +211,20 @@ class Trainer:
                 self._batches_done = 0
                 self.cfg.epoch += 1
                 self._end_of_epoch(epoch + 1)
+            self._check_finite()  # the last steps may not have been checked yet (off the CPU)
+            if canceled:
+                progress.close()
+                self._flush_metrics()
+                result.state = "canceled"
+                self.log("training canceled")
+                self._save("cancel")
         except NonFiniteLoss as stop:
             progress.close()
             self._stop_on_nan(stop)
         progress.close()
         self._flush_metrics()
-        if canceled:
-            result.state = "canceled"
-            self.log("training canceled")
-            self._save("cancel")
-            if self.accelerator.is_main_process:  # charts only: a user who cancels wants it to stop soon
-                self.result.charts = charts.draw_charts(self.model.logging, self.model.name)
+        if canceled and self.accelerator.is_main_process:  # charts only: a user who cancels wants it to stop soon
+            self.result.charts = charts.draw_charts(self.model.logging, self.model.name)
         result.steps = self.global_step
         result.revision = self.start_revision + self.global_step
         control.update(state=result.state, finished_at=time.time())
@@ -203,7 +246,7 @@ class Trainer:
         for group_index, group in enumerate(groups):
             if group_index * accumulation < skip:
                 continue
-            if self._any_process(self.control.cancel_requested.is_set()):
+            if self._cancel_requested():
                 return True
             self._optimizer_step(group)
             self._batches_done = min(len(batches), (group_index + 1) * accumulation)
@@ -249,19 +292,43 @@ class Trainer:
             self._params, self._params_for = params, key
         return self._params
 
+    def _cancel_requested(self) -> bool:
+        """One process sees Cancel alone; agreeing on it is a collective that waits for every device, so
+        with several processes the vote is held every `check_every` steps (Cancel answers within those)."""
+        if self.accelerator.num_processes == 1:
+            return self.control.cancel_requested.is_set()
+        if self.global_step % self.check_every:
+            return False
+        return self._any_process(self.control.cancel_requested.is_set())
+
     def _watch_for_nan(self, loss) -> None:
         """Stop before a non-finite loss reaches the weights that get saved.
 
-        On a CPU the check is free; on a GPU it waits for the device, so it runs at the logging interval
-        (weights from those few steps are discarded, never saved).
+        The flag stays on the device; reading it waits for the device, so off the CPU it is read every
+        `check_every` steps. Weights from those few steps are never saved: every save checks first.
         """
         import torch
 
         self._bad_loss = torch.logical_or(self._bad_loss, ~torch.isfinite(loss))
-        if self.device.type != "cpu" and (self.global_step + 1) % LOG_EVERY:
+        if (self.global_step + 1) % self.check_every:
             return
+        self._check_finite(step=self.global_step + 1)
+
+    def _check_finite(self, step: int | None = None) -> None:
+        """Read the NaN flag now (all processes agree); raise NonFiniteLoss when any loss so far was bad."""
         if self._any_process(bool(self._bad_loss)):
-            raise NonFiniteLoss(self.global_step + 1)
+            raise NonFiniteLoss(self.global_step if step is None else step)
+
+    def _check_weights_finite(self) -> None:
+        """Before anything is written: the trained weights themselves (one device sync per save)."""
+        import torch
+
+        params = [p.detach() for p in self._trained_parameters()]
+        if self.ema is not None:
+            params += self.ema.shadow
+        finite = torch.stack([torch.isfinite(p).all().to(self.device) for p in params]).all()
+        if self._any_process(not bool(finite)):
+            raise NonFiniteLoss(self.global_step)
 
     def _any_process(self, flag: bool) -> bool:
         """Under data-parallel training every process must stop at the same step, or the others hang
@@ -293,6 +360,7 @@ class Trainer:
     def _after_step(self, epoch: int, progress) -> None:
         control = self.control
         if self.global_step % LOG_EVERY == 0:
+            self._check_finite()  # the flush waits for the device anyway: no NaN row reaches the file
             self._flush_metrics(progress)
         control.update(step=self.global_step, epoch=epoch + 1)
         if control.sample_requested.is_set() or self.plan.previews_at_step(self.global_step):
@@ -350,6 +418,9 @@ class Trainer:
 
         want_ckpt = getattr(self.cfg, f"save_ckpt_{reason}")
         want_state = getattr(self.cfg, f"save_state_{reason}")
+        # never write weights from unchecked steps: off the CPU the flag is read only every few steps
+        self._check_finite()
+        self._check_weights_finite()
         self.control.update(state="saving")
         if self.accelerator.is_main_process:
             checkpoint, snapshot = save_training_state(self, want_ckpt, want_state)
@@ -367,12 +438,38 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         self.control.update(state="sampling")
-        samples = write_previews(self)
+        with self._frozen_on_device():
+            samples = write_previews(self)
         self.result.samples.extend(samples)
         drawn = charts.draw_charts(self.model.logging, self.model.name)
         self.result.charts = drawn
         self.control.update(state="training", samples=[str(p) for p in samples] or self.control.snapshot().samples,
                             charts=[str(p) for p in drawn])
+
+    def _offload_frozen(self, text_encoder_frozen: bool) -> None:
+        """After caching, park the frozen modules whose outputs are cached in RAM until a preview needs them."""
+        cached_latents = self.training_set.cached
+        cached_text = text_encoder_frozen and self.training_set.embeddings is not None
+        parked = []
+        for name, module, cached in (("VAE", self.models.vae, cached_latents),
+                                     ("text encoder", self.models.text_encoder, cached_text)):
+            target = offload_device(self.device, cached, self._offload_override)
+            if target is not None:
+                module.to(target)
+                self._offloaded.append((module, self.device))
+                parked.append(name)
+        if parked:
+            self.log(f"{' and '.join(parked)} moved to RAM after caching (back on the device for previews)")
+
+    @contextlib.contextmanager
+    def _frozen_on_device(self):
+        for module, device in self._offloaded:
+            module.to(device)
+        try:
+            yield
+        finally:
+            for module, _ in self._offloaded:
+                module.to("cpu")
 
     def snapshot_state(self) -> dict:
         return {"seed": self.seed, "optimizer": self.cfg.optimizer, "global_step": self.global_step,

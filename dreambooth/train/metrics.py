@@ -5,7 +5,11 @@ Loss values stay on the device until a flush, so the loop does not wait for the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Callable
+
+from ..fsutil import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -26,10 +30,21 @@ def memory_mb(device) -> float:
 
 
 class MetricsLog:
-    def __init__(self, folder: Path):
+    """`keep_until` None: a fresh run, the file starts empty (charts never overlay runs). A step number: a
+    resumed run, which keeps the rows up to that step (rows the interrupted run logged after its snapshot
+    are dropped, since those steps run again) and any torn last line of a killed run."""
+
+    def __init__(self, folder: Path, keep_until: int | None = None, warn: Callable[[str], None] | None = None,
+                 owner: bool = True):
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / METRICS_FILE
         self._pending: list[tuple[dict, dict]] = []
+        if not owner:  # the other processes of a data-parallel run never write the file
+            return
+        kept = [] if keep_until is None else [row for row in read_metrics(folder, warn)
+                                                if row.get("step", 0) <= keep_until]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
 
     def add(self, loss, prior_loss=0.0, **values) -> None:
         """Queue one step's values; `loss` and `prior_loss` may be device tensors (read at flush)."""
@@ -57,12 +72,26 @@ class MetricsLog:
         return rows
 
 
-def read_metrics(folder: Path) -> list[dict]:
+def read_metrics(folder: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The logged rows. A line that is not a JSON object (the torn last line of a killed run) is skipped
+    with a warning through `warn` (default: the "dreambooth" logger), never an error."""
     path = folder / METRICS_FILE
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    if bad:
+        message = (f"{path}: skipped {len(bad)} unreadable line(s) (line {', '.join(map(str, bad[:5]))}; "
+                   "a run killed while writing leaves a torn last line)")
+        (warn or logging.getLogger("dreambooth").warning)(message)
     return rows

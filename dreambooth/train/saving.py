@@ -27,7 +27,13 @@ def save_training_state(trainer, want_checkpoint: bool, want_snapshot: bool) -> 
     trainer.save_config()
     checkpoint = snapshot = None
     if want_checkpoint:
-        modules = {"unet": unet, "vae": trainer.models.vae, "text_encoder": text_encoder}
+        # frozen modules kept in the compute dtype are exported from working/ (their fp32 originals)
+        cast = getattr(trainer, "frozen_cast", [])
+        modules = {"unet": unet}
+        if "vae" not in cast:
+            modules["vae"] = trainer.models.vae
+        if text_encoder_trained or "text_encoder" not in cast:
+            modules["text_encoder"] = text_encoder
         checkpoint = export_checkpoint(trainer.model, trainer.cfg, trainer.revision, modules)
         trainer.log(f"saved checkpoint {checkpoint}")
         if trainer.ema is not None and trainer.cfg.save_ema:

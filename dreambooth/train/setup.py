@@ -18,6 +18,10 @@ def resolve_precision(requested: str, device_type: str, log: Callable[[str], Non
     if device_type == "cpu" and requested == "fp16":
         log("mixed_precision fp16 is not supported on the CPU: training in fp32 (bf16 works on a CPU)")
         return "no"
+    if device_type == "cpu" and requested == "bf16":
+        log("mixed_precision bf16 on the CPU: the weights and optimizer stay fp32 and the UNet computes in "
+            "bf16 autocast; on most CPUs this is slower than fp32 (mixed_precision no) and no less memory")
+        return "bf16"
     if device_type == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
         log("mixed_precision bf16 is not supported by this GPU: using fp16")
         return "fp16"
@@ -31,9 +35,32 @@ def make_accelerator(cfg: TrainConfig, log: Callable[[str], None]):
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg.mixed_precision, device_type, log)
+    reset_accelerate_state()
     # Gradient accumulation is done by the loop itself so that an epoch's last, shorter group still
     # makes an optimizer step (the interval plan counts on it).
     return Accelerator(mixed_precision=precision, cpu=device_type == "cpu")
+
+
+def reset_accelerate_state() -> None:
+    """Forget the previous run's accelerator settings, so that the next run in this process (the tab, the
+    standalone server, the REST API) may use another mixed_precision: accelerate keeps them in a
+    process-wide singleton and refuses a second Accelerator that differs.
+
+    Only AcceleratorState (precision, plugins) and GradientState are reset; PartialState holds the
+    distributed process group, which must survive (re-initialising it fails under `accelerate launch`).
+    `_reset_state` exists in accelerate 0.21 through 1.x; the fallbacks clear the same shared dicts."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    reset = getattr(AcceleratorState, "_reset_state", None)
+    if reset is not None:
+        reset(reset_partial_state=False)
+    else:
+        AcceleratorState._shared_state.clear()
+    reset = getattr(GradientState, "_reset_state", None)
+    if reset is not None:
+        reset()
+    else:
+        GradientState._shared_state.clear()
 
 
 def pick_seed(seed: int) -> int:
@@ -66,6 +93,38 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     if cfg.compile_unet:  # in place: the module (state_dict, save_pretrained) stays a plain UNet
         unet.compile()
     return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config), attention)
+
+
+def compute_dtype(mixed_precision: str):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def cast_frozen(models: Models, mixed_precision: str, text_encoder_frozen: bool) -> list[str]:
+    """Frozen modules in the compute dtype (as diffusers' examples do with `weight_dtype`): their weights
+    never need fp32 master copies. The VAE is always frozen; the text encoder only when it never trains
+    (a text encoder that trains for part of the run keeps fp32 weights for its optimizer). Returns the
+    names of the modules cast."""
+    dtype = compute_dtype(mixed_precision)
+    cast = []
+    if dtype is compute_dtype("no"):
+        return cast
+    frozen = [("vae", models.vae)] + ([("text_encoder", models.text_encoder)] if text_encoder_frozen else [])
+    for name, module in frozen:
+        module.to(dtype=dtype)
+        cast.append(name)
+    return cast
+
+
+def offload_device(device, cached: bool, force: bool | None = None):
+    """Where a frozen module whose outputs are cached waits between previews: the CPU when training on an
+    accelerator (kohya's "VAE to CPU after caching"), else nowhere (None: it already is in RAM).
+    `force` decides it regardless of the device (tests on a CPU)."""
+    import torch
+
+    wanted = (getattr(device, "type", str(device)) != "cpu") if force is None else force
+    return torch.device("cpu") if cached and wanted else None
 
 
 def use_fast_attention(unet, device) -> str:

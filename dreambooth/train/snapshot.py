@@ -33,7 +33,10 @@ def latest_snapshot(folder: Path) -> Path | None:
 
 def save_snapshot(folder: Path, revision: int, trained: dict, optimizer, lr_scheduler, generator,
                   state: dict, keep: int) -> Path:
-    """Write one snapshot, then delete all but the newest `keep` (at least this one stays)."""
+    """Write one snapshot, then delete all but the newest `keep` (at least this one stays).
+
+    Older snapshots are removed only after the new one is complete (renamed into place, state file
+    present) and its weights were checked finite while being written."""
     import torch
     from safetensors.torch import save_file
 
@@ -41,12 +44,19 @@ def save_snapshot(folder: Path, revision: int, trained: dict, optimizer, lr_sche
     with atomic_dir(target) as tmp:
         for name, module in trained.items():
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:  # nothing is renamed into place and no older snapshot is removed
+                raise DreamboothError(f"snapshot {target.name} not written: {name} has NaN/Inf values in "
+                                      f"{', '.join(bad[:3])}; the older snapshots are kept")
             save_file(tensors, str(tmp / f"{name}.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"generator": generator.get_state()}, tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(dict(state, revision=revision), indent=2), encoding="utf-8")
-    for old in list_snapshots(folder)[:-max(1, keep)]:
+    complete = list_snapshots(folder)
+    if target not in complete:  # never prune while the new one is not in place
+        raise DreamboothError(f"snapshot {target} is incomplete after writing; the older snapshots are kept")
+    for old in complete[:-max(1, keep)]:
         shutil.rmtree(old)
     return target
 
