@@ -12,7 +12,7 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import DreamboothError
+from .errors import DreamboothError, shorten
 from .fsutil import atomic_write_json
 from .registry import CONCEPT_FIELD_BY_NAME, CONCEPT_FIELDS, FIELD_BY_NAME, FIELDS, Field
 
@@ -63,7 +63,7 @@ def coerce(field: Field, raw: Any, where: str = "") -> Any:
         return raw if isinstance(raw, str) else str(raw)
     except (TypeError, ValueError, json.JSONDecodeError):
         raise DreamboothError(
-            f"{name} = {raw!r} is not a valid {field.kind.__name__}: expected {field.describe_range()}",
+            f"{name} = {shorten(raw)} is not a valid {field.kind.__name__}: expected {field.describe_range()}",
             field=name) from None
 
 
@@ -76,7 +76,7 @@ def check_bounds(field: Field, value: Any, where: str = "") -> None:
         or (field.maximum is not None and value > field.maximum)
     )
     if bad:
-        raise DreamboothError(f"{name} = {value!r} is out of range: allowed {field.describe_range()}", field=name)
+        raise DreamboothError(f"{name} = {shorten(value)} is out of range: allowed {field.describe_range()}", field=name)
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Concept:
     @classmethod
     def from_dict(cls, data: dict, index: int, warnings: list[str]) -> "Concept":
         if not isinstance(data, dict):
-            raise DreamboothError(f"concepts_list[{index}] must be an object with concept fields, got {data!r}",
+            raise DreamboothError(f"concepts_list[{index}] must be an object with concept fields, got {shorten(data)}",
                                   field="concepts_list")
         values = {}
         for key, raw in data.items():
@@ -137,7 +137,7 @@ class TrainConfig:
         """Coerce and bounds-check one value. Unknown names are an error here (CLI/UI typos)."""
         spec = FIELD_BY_NAME.get(name)
         if spec is None:
-            raise DreamboothError(f"unknown parameter '{name}' (see `params NAME --show` for the list)",
+            raise DreamboothError(f"unknown parameter {shorten(name)} (see `params NAME --show` for the list)",
                                   field=name)
         value = coerce(spec, raw)
         check_bounds(spec, value)
@@ -173,7 +173,7 @@ def load_concepts_source(source: str) -> list[Concept]:
     if not text.startswith("["):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise DreamboothError(f"concepts_path: '{source}' is neither a file nor JSON text", field="concepts_path")
+            raise DreamboothError(f"concepts_path: {shorten(source)} is neither a file nor JSON text", field="concepts_path")
         text, base = path.read_text(encoding="utf-8"), path.parent
     try:
         items = json.loads(text)

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..diskspace import tensor_bytes
 from ..errors import DreamboothError
 from ..fsutil import atomic_dir
 
@@ -38,7 +39,8 @@ def save_snapshot(folder: Path, revision: int, trained: dict, optimizer, lr_sche
     from safetensors.torch import save_file
 
     target = folder / f"{PREFIX}{revision}"
-    with atomic_dir(target) as tmp:
+    need = sum(tensor_bytes(m.state_dict()) for m in trained.values()) + tensor_bytes(optimizer.state_dict())
+    with atomic_dir(target, need=need) as tmp:
         for name, module in trained.items():
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             save_file(tensors, str(tmp / f"{name}.safetensors"))

@@ -56,9 +56,10 @@ def blocks(css: str | None = None, title: str | None = None, standalone: bool = 
 
 
 def launch(blocks, host: str, port: int, css: str | None = None, allowed_paths=None,
-           prevent_thread_lock: bool = False):
+           prevent_thread_lock: bool = False, auth=None):
+    """`auth`: [(user, password), ...] — Gradio's login guards the page, its API and its file routes."""
     kwargs = dict(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,
-                  show_error=True, allowed_paths=[str(p) for p in (allowed_paths or [])])
+                  show_error=True, allowed_paths=[str(p) for p in (allowed_paths or [])], auth=auth)
     if GRADIO_MAJOR >= 6 and css:
         kwargs["css"] = css
     if GRADIO_MAJOR < 4:

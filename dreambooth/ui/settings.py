@@ -1,6 +1,8 @@
 """The Dreambooth section of the WebUI's Settings (on_ui_settings). Values are read via host options."""
 from __future__ import annotations
 
+import os
+
 SECTION = ("dreambooth", "Dreambooth")
 
 # key -> (default, label, info)
@@ -11,6 +13,9 @@ OPTIONS = {
                                        "So the new file can be picked in txt2img at once."),
     "dreambooth_status_poll_seconds": (1.0, "Status refresh interval (seconds)",
                                        "How often the tab reads training progress. Needs Reload UI."),
+    "dreambooth_data_roots": ("", f"Data roots (folders separated by '{os.pathsep}')",
+                              "Folders the tab and the API may read images, concepts files and sample templates "
+                              "from, and write class images to, besides the models folder."),
 }
 
 
