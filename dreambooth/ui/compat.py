@@ -12,18 +12,28 @@ GRADIO_VERSION = gr.__version__
 GRADIO_MAJOR = int(GRADIO_VERSION.split(".")[0])
 
 
+def _no_api_docs(kwargs: dict) -> dict:
+    """Keep the tab's events out of Gradio's API description, which gradio 6 embeds even in the login page
+    (it would show the model and checkpoint names to anyone); they stay callable by the page itself."""
+    if GRADIO_MAJOR >= 6:
+        kwargs.setdefault("api_visibility", "undocumented")
+    elif GRADIO_MAJOR >= 4:
+        kwargs.setdefault("show_api", False)
+    return kwargs
+
+
 def event(trigger, fn, inputs=None, outputs=None, js: str | None = None, **kwargs):
     """`button.click(fn, inputs, outputs, js=...)` with the keyword this gradio knows."""
     if js is not None:
         kwargs["_js" if GRADIO_MAJOR < 4 else "js"] = js
-    return trigger(fn, inputs=inputs, outputs=outputs, **kwargs)
+    return trigger(fn, inputs=inputs, outputs=outputs, **_no_api_docs(kwargs))
 
 
 def poll(blocks, fn, outputs, seconds: float, inputs=None):
     """Call `fn` every `seconds` while the page is open: gr.Timer (4+) or a load event with every= (3.x)."""
     if GRADIO_MAJOR >= 4 and hasattr(gr, "Timer"):
         timer = gr.Timer(seconds)
-        return timer.tick(fn, inputs=inputs, outputs=outputs, show_progress="hidden", queue=False)
+        return timer.tick(fn, inputs=inputs, outputs=outputs, show_progress="hidden", queue=False, **_no_api_docs({}))
     return blocks.load(fn, inputs=inputs, outputs=outputs, every=seconds, show_progress=False)
 
 
