@@ -80,7 +80,9 @@ def create_model(name: str, source: str | Path, progress: Callable[[str], None] 
         raise DreamboothError(f"a model named '{model.name}' already exists: choose another name", field="model_name")
     path = resolve_source(source)
     from .convert.create import create_working
+    from .diskspace import require_space
 
+    require_space(model.path.parent, _size(path), f"writing {model.name}/")  # before any folder is made
     with locked(model, "create"), atomic_dir(model.path, need=_size(path)) as tmp:
         if _folder_in_use(model):  # another process created it meanwhile
             raise DreamboothError(f"a model named '{model.name}' already exists: choose another name",
