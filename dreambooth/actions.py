@@ -83,14 +83,21 @@ def create_model(name: str, source: str | Path, progress: Callable[[str], None] 
     from .diskspace import require_space
 
     require_space(model.path.parent, _size(path), f"writing {model.name}/")  # before any folder is made
-    with locked(model, "create"), atomic_dir(model.path, need=_size(path)) as tmp:
-        if _folder_in_use(model):  # another process created it meanwhile
-            raise DreamboothError(f"a model named '{model.name}' already exists: choose another name",
-                                  field="model_name")
-        info = create_working(path, tmp / "working", progress=progress, model_type=model_type)
-        cfg = TrainConfig({"model_name": model.name, "src": str(path),
-                           "model_type": info.get("model_type", "v1x"), "resolution": info.get("resolution", 512)})
-        save_config(cfg, tmp / "db_config.json")
+    with locked(model, "create"):
+        try:
+            with atomic_dir(model.path, need=_size(path)) as tmp:
+                if _folder_in_use(model):  # another process created it meanwhile
+                    raise DreamboothError(f"a model named '{model.name}' already exists: choose another name",
+                                          field="model_name")
+                info = create_working(path, tmp / "working", progress=progress, model_type=model_type)
+                cfg = TrainConfig({"model_name": model.name, "src": str(path),
+                                   "model_type": info.get("model_type", "v1x"),
+                                   "resolution": info.get("resolution", 512)})
+                save_config(cfg, tmp / "db_config.json")
+        except BaseException:
+            if model.path.is_dir() and not _folder_in_use(model):  # a failed Create leaves no folder behind
+                shutil.rmtree(model.path)
+            raise
     progress(f"created model '{model.name}' from {path.name} in {model.path}")
     return model
 

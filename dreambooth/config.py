@@ -61,7 +61,7 @@ def coerce(field: Field, raw: Any, where: str = "") -> Any:
         if raw is None:
             return ""
         return raw if isinstance(raw, str) else str(raw)
-    except (TypeError, ValueError, json.JSONDecodeError):
+    except (TypeError, ValueError, OverflowError, RecursionError, json.JSONDecodeError):
         raise DreamboothError(
             f"{name} = {shorten(raw)} is not a valid {field.kind.__name__}: expected {field.describe_range()}",
             field=name) from None
@@ -171,8 +171,12 @@ def load_concepts_source(source: str) -> list[Concept]:
     text = source.strip()
     base = None
     if not text.startswith("["):
-        path = Path(text).expanduser()
-        if not path.is_file():
+        try:
+            path = Path(text).expanduser()
+            found = path.is_file()
+        except (OSError, RuntimeError, ValueError):  # an unknown ~user, a name too long, a NUL
+            found = False
+        if not found:
             raise DreamboothError(f"concepts_path: {shorten(source)} is neither a file nor JSON text", field="concepts_path")
         text, base = path.read_text(encoding="utf-8"), path.parent
     try:
@@ -242,7 +246,7 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise DreamboothError(f"--set expects key=value, got '{item}'", field="--set")
+            raise DreamboothError(f"--set expects key=value, got {shorten(item)}", field="--set")
         parsed[key.strip()] = value
     return parsed
 

@@ -55,12 +55,10 @@ def check_path(value, field: str, base: Path | None = None) -> Path | None:
     text = str(value or "").strip()
     if not text:
         return None
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = (base or Path.cwd()) / path
     try:
-        resolved = path.resolve()
-    except (OSError, RuntimeError, ValueError):  # a symlink loop or an unusable name: refused like the rest
+        path = Path(text).expanduser()
+        resolved = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
+    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a symlink loop, a NUL: refused like the rest
         raise _refusal(field) from None
     if not any(resolved == root or root in resolved.parents for root in allowed_roots()):
         raise _refusal(field)
