@@ -106,6 +106,32 @@ def test_page_and_gradio_api_need_the_login(site):
     assert models_now(site) == before  # nothing was created
 
 
+def test_gradio3_queue_websocket_needs_the_login(site):
+    """gradio 3.x runs events over a websocket (/queue/join): without the login it is closed unused."""
+    from dreambooth.ui import compat
+
+    if compat.GRADIO_MAJOR >= 4:
+        pytest.skip("gradio 4+ joins the queue over HTTP (tested above)")
+    import asyncio
+
+    import websockets
+
+    async def join():
+        url = site["url"].replace("http://", "ws://") + "/queue/join"
+        try:
+            async with websockets.connect(url) as socket:
+                await socket.recv()
+        except websockets.exceptions.ConnectionClosed as closed:
+            return getattr(closed, "code", None) or closed.rcvd.code
+        except websockets.exceptions.InvalidStatusCode as refused:  # refused before the upgrade
+            return refused.status_code
+        return None
+
+    code = asyncio.run(join())
+    print(f"\nATTACK websocket /queue/join without login: closed with {code}")
+    assert code in (1008, 401, 403)
+
+
 def login(site) -> httpx.Client:
     client = httpx.Client(base_url=site["url"], timeout=30)
     answer = client.post("/login", data={"username": USER, "password": PASSWORD})
