@@ -125,10 +125,10 @@ def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume:
     from .train.loop import train_model as run_training
 
     model = model_dir(name).require()
+    if cfg is None:
+        cfg, _ = load_config(model.config_file)
+    check_concepts(cfg.concepts())  # bad folders fail before anything is written (the lock file included)
     with locked(model, "train", control.log if control is not None else _warn):
-        if cfg is None:
-            cfg, _ = load_config(model.config_file)
-        check_concepts(cfg.concepts())  # bad folders fail before anything is written
         cfg.model_name = model.name
         if is_main_process():
             save_config(cfg, model.config_file)
