@@ -26,7 +26,7 @@ def event(trigger, fn, inputs=None, outputs=None, js: str | None = None, **kwarg
     """`button.click(fn, inputs, outputs, js=...)` with the keyword this gradio knows."""
     if js is not None:
         kwargs["_js" if GRADIO_MAJOR < 4 else "js"] = js
-    return trigger(fn, inputs=inputs, outputs=outputs, **_no_api_docs(kwargs))
+    return trigger(fn, inputs=inputs, outputs=outputs, **(_no_api_docs(kwargs) if fn is not None else kwargs))
 
 
 def poll(blocks, fn, outputs, seconds: float, inputs=None):
