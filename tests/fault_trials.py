@@ -106,7 +106,7 @@ def run_child(argv: list[str], log: Path, kill: tuple[str, int, float] | None, o
     try:
         for event in _events(read, timeout=300):
             seen.append(event)
-            if os.environ.get("FAULT_TRIALS_TRACE"):
+            if os.environ.get("FAULT_TRIALS_TRACE"):  # timings of each phase, for tuning
                 print(f"{time.perf_counter() - start:6.2f} {event}", file=sys.stderr)
             if on_event is not None:
                 on_event(event)
@@ -151,7 +151,9 @@ def newest_checkpoint_loads() -> tuple[str | None, bool]:
     from dreambooth import host
 
     pattern = re.compile(rf"^{NAME}_(\d+)\.safetensors$")
-    found = sorted((int(m.group(1)), p) for p in host.checkpoint_dir().iterdir() if (m := pattern.match(p.name)))
+    folder = host.checkpoint_dir()
+    files = folder.iterdir() if folder.is_dir() else []
+    found = sorted((int(m.group(1)), p) for p in files if (m := pattern.match(p.name)))
     if not found:
         return None, True
     tensors = load_file(str(found[-1][1]))
