@@ -4,15 +4,19 @@ Each takes a model name, checks it, and raises DreamboothError with a readable m
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from . import host
 from .config import TrainConfig, load_config, save_config
-from .errors import DreamboothError
+from .errors import DreamboothError, shorten
 from .fsutil import atomic_dir, atomic_write_json
+from .leftovers import is_hidden, is_temp_name, remove_stale_temps
+from .modellock import LOCK_FILE, is_main_process, model_lock
 from .store import ModelDir, list_models, model_dir
 
 EMBEDDED_CHECKPOINT = "dreambooth-tiny-demo.safetensors"
@@ -32,8 +36,37 @@ def resolve_source(source: str | Path) -> Path:
     if not path.exists() and not path.is_absolute() and (host.checkpoint_dir() / text).exists():
         path = host.checkpoint_dir() / text
     if not path.exists():
-        raise DreamboothError(f"source checkpoint '{text}' does not exist", field="source")
+        raise DreamboothError(f"source checkpoint {shorten(text)} does not exist", field="source")
     return path.resolve()
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def locked(model: ModelDir, action: str, log: Callable[[str], None] = _warn) -> Iterator[None]:
+    """Hold the model's lock (modellock) and remove the temporary files an interrupted run left.
+
+    Only the main process of a data-parallel run locks: the others write nothing."""
+    if not is_main_process():
+        yield
+        return
+    with model_lock(model.path, action):
+        removed = remove_stale_temps(model.path, host.checkpoint_dir(), model.name)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
+                + ", ".join(p.name for p in removed[:5]) + (" …" if len(removed) > 5 else ""))
+        yield
+
+
+def _folder_in_use(model: ModelDir) -> bool:
+    """The model folder holds something besides its lock file and temporary leftovers."""
+    return model.path.is_dir() and any(p.name != LOCK_FILE and not is_temp_name(p.name) for p in model.path.iterdir())
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def create_model(name: str, source: str | Path, progress: Callable[[str], None] = print,
@@ -43,16 +76,28 @@ def create_model(name: str, source: str | Path, progress: Callable[[str], None] 
     `model_type` ("v1x", "v2x-512", "v2x") overrides the detected type; the resolution starts at the
     type's native size (768 for v2x)."""
     model = model_dir(name)
-    if model.path.exists():
+    if model.exists() or _folder_in_use(model):
         raise DreamboothError(f"a model named '{model.name}' already exists: choose another name", field="model_name")
     path = resolve_source(source)
     from .convert.create import create_working
+    from .diskspace import require_space
 
-    with atomic_dir(model.path) as tmp:
-        info = create_working(path, tmp / "working", progress=progress, model_type=model_type)
-        cfg = TrainConfig({"model_name": model.name, "src": str(path),
-                           "model_type": info.get("model_type", "v1x"), "resolution": info.get("resolution", 512)})
-        save_config(cfg, tmp / "db_config.json")
+    require_space(model.path.parent, _size(path), f"writing {model.name}/")  # before any folder is made
+    with locked(model, "create"):
+        try:
+            with atomic_dir(model.path, need=_size(path)) as tmp:
+                if _folder_in_use(model):  # another process created it meanwhile
+                    raise DreamboothError(f"a model named '{model.name}' already exists: choose another name",
+                                          field="model_name")
+                info = create_working(path, tmp / "working", progress=progress, model_type=model_type)
+                cfg = TrainConfig({"model_name": model.name, "src": str(path),
+                                   "model_type": info.get("model_type", "v1x"),
+                                   "resolution": info.get("resolution", 512)})
+                save_config(cfg, tmp / "db_config.json")
+        except BaseException:
+            if model.path.is_dir() and not _folder_in_use(model):  # a failed Create leaves no folder behind
+                shutil.rmtree(model.path)
+            raise
     progress(f"created model '{model.name}' from {path.name} in {model.path}")
     return model
 
@@ -65,7 +110,8 @@ def load_params(name: str) -> tuple[TrainConfig, list[str]]:
 def save_params(name: str, cfg: TrainConfig) -> Path:
     model = model_dir(name).require()
     cfg.model_name = model.name
-    save_config(cfg, model.config_file)
+    with locked(model, "params"):
+        save_config(cfg, model.config_file)
     return model.config_file
 
 
@@ -81,19 +127,22 @@ def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume:
     model = model_dir(name).require()
     if cfg is None:
         cfg, _ = load_config(model.config_file)
-    check_concepts(cfg.concepts())  # bad folders fail before anything is written
-    cfg.model_name = model.name
-    save_config(cfg, model.config_file)
-    _backup_params(model, cfg)
-    return run_training(model, cfg, control, resume)
+    check_concepts(cfg.concepts())  # bad folders fail before anything is written (the lock file included)
+    with locked(model, "train", control.log if control is not None else _warn):
+        cfg.model_name = model.name
+        if is_main_process():
+            save_config(cfg, model.config_file)
+            _backup_params(model, cfg)
+        return run_training(model, cfg, control, resume)
 
 
 def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = None) -> Path:
     from .ckpt import generate_ckpt as export
 
     model = model_dir(name).require()
-    cfg, _ = load_config(model.config_file)
-    return export(model, cfg, half, subdir)
+    with locked(model, "Generate Ckpt"):
+        cfg, _ = load_config(model.config_file)
+        return export(model, cfg, half, subdir)
 
 
 def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) -> list[Path]:
@@ -158,11 +207,12 @@ def sample_dtype(mixed_precision: str, device: str):
 def list_source_checkpoints() -> list[Path]:
     lister = getattr(host, "list_source_checkpoints", None)
     if lister is not None:
-        return lister()
-    folder = host.checkpoint_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
+        found = lister()
+    else:
+        folder = host.checkpoint_dir()
+        found = sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()) \
+            if folder.is_dir() else []
+    return [Path(p) for p in found if not is_hidden(p)]  # temporary files of a save in progress, dotfiles
 
 
 def ensure_embedded_source() -> Path:
@@ -188,7 +238,8 @@ def demo_instance_dir() -> Path:
 def remove_model(name: str) -> None:
     model = model_dir(name)
     if model.path.exists():
-        shutil.rmtree(model.path)
+        with locked(model, "remove"):
+            shutil.rmtree(model.path)
 
 
 def describe(cfg: TrainConfig) -> str:

@@ -1,7 +1,9 @@
 """REST routes under /dreambooth-tab/v1/ on a FastAPI app (the WebUI's, or the standalone server's).
 
-Bad input answers 4xx with {"error": message, "field": name}; a running job answers 409. When the host
-has API auth (A1111 `--api-auth user:pass[,user:pass]`), the routes require the same HTTP Basic login.
+Bad input answers 4xx with {"error": message, "field": name}; a running job or a model locked by another
+process answers 409, a body over 1 MB 413, a full disk 507. Paths in a request must lie under the models
+folder or a data root (pathpolicy). When the host has API auth (A1111 `--api-auth user:pass[,user:pass]`;
+standalone `serve --api-auth`), the routes require the same HTTP Basic login.
 Works with fastapi 0.94 / pydantic 1 (A1111) and current fastapi / pydantic 2: bodies are read as plain JSON.
 (No `from __future__ import annotations` here: FastAPI must see the real Request/Depends annotations.)
 """
@@ -11,11 +13,15 @@ from .errors import DreamboothError
 
 PREFIX = "/dreambooth-tab/v1"  # ours alone: the older Dreambooth extension owns /dreambooth/
 USE_HOST_AUTH = "<host>"  # register_routes' default: the host's API auth (host.host_api_auth())
+MAX_BODY = 1024 * 1024  # bytes; larger bodies answer 413 unread
+MAX_MESSAGE = 500  # characters of an error message or field name sent back
 
 
 def _status_code(error: DreamboothError) -> int:
     if error.field == "job":
         return 409
+    if error.field == "disk":
+        return 507
     if error.field in ("model_name", "source") and "does not exist" in str(error):
         return 404
     return 400
@@ -41,11 +47,36 @@ def register_routes(app, api_auth: str | None = USE_HOST_AUTH) -> None:
         raise HTTPException(status_code=401, detail="Incorrect username or password",
                             headers={"WWW-Authenticate": "Basic"})
 
+    def too_large():
+        return JSONResponse({"error": f"request body too large: at most {MAX_BODY // 1024} KB", "field": "body"},
+                            status_code=413)
+
+    async def read_body(request: Request) -> bytes | None:
+        """The body, or None when it is over MAX_BODY (judged by Content-Length, else while reading)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return None
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                return None
+        return bytes(raw)
+
+    def error_reply(error: DreamboothError):
+        message, field = str(error), error.field
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "…"
+        return JSONResponse({"error": message, "field": field if field is None else field[:100]},
+                            status_code=_status_code(error))
+
     def route(path: str, method: str, fn: Callable, needs_body: bool = False):
         async def endpoint(request: Request):
             args = dict(request.query_params)
             if needs_body:
-                raw = await request.body()
+                raw = await read_body(request)
+                if raw is None:
+                    return too_large()
                 if raw.strip():
                     try:
                         import json
@@ -59,13 +90,13 @@ def register_routes(app, api_auth: str | None = USE_HOST_AUTH) -> None:
             try:
                 result = await run_in_threadpool(fn, args)
             except DreamboothError as error:
-                return JSONResponse({"error": str(error), "field": error.field}, status_code=_status_code(error))
+                return error_reply(error)
             except Exception as error:  # a bug: still JSON, details in the server log
                 import logging
                 import traceback
 
                 logging.getLogger("dreambooth").error("dreambooth API failed\n%s", traceback.format_exc())
-                return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+                return JSONResponse({"error": f"internal error: {type(error).__name__}: {str(error)[:200]}"}, status_code=500)
             status = result.pop("_status", 200) if isinstance(result, dict) else 200
             return JSONResponse(result, status_code=status)
 
@@ -129,11 +160,12 @@ def _apply(cfg, params) -> None:
 
 
 def _set_params(args: dict) -> dict:
-    from . import actions
+    from . import actions, pathpolicy
 
     name = _name(args)
     cfg, _ = actions.load_params(name)
     _apply(cfg, args.get("params"))
+    pathpolicy.check_config(cfg)
     path = actions.save_params(name, cfg)
     return {"message": f"params saved to {path}", "params": cfg.to_dict()}
 
@@ -142,9 +174,12 @@ def _create(args: dict) -> dict:
     from . import actions
     from .jobs import runner
 
+    from .pathpolicy import check_source
+
     name = _name(args)
+    source = check_source(args.get("source"))
     with runner().exclusive("create", name):
-        model = actions.create_model(name, args.get("source") or "", progress=runner().note)
+        model = actions.create_model(name, source, progress=runner().note)
     return {"message": f"model '{name}' created", "path": str(model.path), "_status": 201}
 
 
@@ -155,13 +190,16 @@ def _cancel(args: dict) -> dict:
 
 
 def _start_training(args: dict) -> dict:
-    from . import actions
+    from . import actions, modellock, pathpolicy
     from .data.dataset import check_concepts
     from .jobs import runner
+    from .store import model_dir
 
     name = _name(args)
     cfg, _ = actions.load_params(name)
     _apply(cfg, args.get("params"))
+    pathpolicy.check_config(cfg)
+    modellock.check_free(model_dir(name).path)  # another process trains it: 409 now, not a failed job later
     count = check_concepts(cfg.concepts())
     runner().start_training(name, cfg, resume=bool(args.get("resume", False)))
     return {"message": f"training '{name}' started ({count} images)", "_status": 202}
@@ -172,6 +210,9 @@ def _checkpoint(args: dict) -> dict:
     from .jobs import runner
 
     name = _name(args)
+    job = runner().current()
+    if job is not None and job.kind == "train" and job.model_name == name:  # the trainer writes it (as the tab)
+        return {"message": runner().request_save(), "_status": 202}
     with runner().exclusive("checkpoint", name):
         path = actions.generate_ckpt(name)  # the export refreshes the WebUI's list
     return {"message": f"checkpoint written: {path}", "path": str(path)}

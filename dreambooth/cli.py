@@ -1,6 +1,7 @@
 """Command line: `python -m dreambooth <command>`; with no command it serves the tab standalone.
 
-Bad input exits 2 with a one-line message; success exits 0.
+Bad input, a busy model (locked by another run) and a full disk exit 2 with a one-line message; success
+exits 0.
 """
 from __future__ import annotations
 
@@ -30,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", help="serve the Dreambooth tab standalone (the default)")
     serve.add_argument("--port", type=int, default=7860)
-    serve.add_argument("--listen", action="store_true", help="listen on all interfaces, not only 127.0.0.1")
+    serve.add_argument("--listen", action="store_true", help="listen on all interfaces, not only 127.0.0.1 "
+                       "(set --api-auth too: without it anyone on the network can use the tab and its API)")
+    serve.add_argument("--api-auth", default=os.environ.get("DREAMBOOTH_API_AUTH") or None, metavar="USER:PASS[,...]",
+                       help="require this login for the page, Gradio's API and file routes and the REST API "
+                            "(default: $DREAMBOOTH_API_AUTH)")
+    serve.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                       help="a folder the tab and the API may read images, concepts files and templates from and "
+                            "write class images to, besides the models folder; repeatable "
+                            "(also $DREAMBOOTH_DATA_ROOTS, separated by '%s')" % os.pathsep.replace("%", "%%"))
 
     create = command("create", help="create a model from a checkpoint or diffusers folder")
     create.add_argument("name")
@@ -87,12 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     except DreamboothError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a write the atomic writers did not see (logs): still one line
+        from .diskspace import disk_full_error, is_disk_full
+
+        if not is_disk_full(error):
+            raise
+        print(f"error: {disk_full_error(Path(error.filename or '.').parent, None, 'the write')}", file=sys.stderr)
+        return 2
 
 
 def cmd_serve(args) -> int:
     from .ui.server import serve
 
-    serve(port=getattr(args, "port", 7860), listen=getattr(args, "listen", False))
+    auth = getattr(args, "api_auth", os.environ.get("DREAMBOOTH_API_AUTH") or None)
+    serve(port=getattr(args, "port", 7860), listen=getattr(args, "listen", False), auth=auth,
+          data_roots=getattr(args, "data_root", []))
     return 0
 
 

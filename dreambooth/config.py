@@ -12,7 +12,7 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import DreamboothError
+from .errors import DreamboothError, shorten
 from .fsutil import atomic_write_json
 from .registry import CONCEPT_FIELD_BY_NAME, CONCEPT_FIELDS, FIELD_BY_NAME, FIELDS, Field
 
@@ -63,9 +63,9 @@ def coerce(field: Field, raw: Any, where: str = "") -> Any:
         if not isinstance(raw, str):  # {"instance_data_dir": 5} is a mistake, not the folder "5"
             raise TypeError
         return raw
-    except (TypeError, ValueError, json.JSONDecodeError):
+    except (TypeError, ValueError, OverflowError, RecursionError, json.JSONDecodeError):
         raise DreamboothError(
-            f"{name} = {raw!r} is not a valid {field.kind.__name__}: expected {field.describe_range()}",
+            f"{name} = {shorten(raw)} is not a valid {field.kind.__name__}: expected {field.describe_range()}",
             field=name) from None
 
 
@@ -79,7 +79,7 @@ def check_bounds(field: Field, value: Any, where: str = "") -> None:
         or (field.multiple_of and value % field.multiple_of)
     )
     if bad:
-        raise DreamboothError(f"{name} = {value!r} is out of range: allowed {field.describe_range()}", field=name)
+        raise DreamboothError(f"{name} = {shorten(value)} is out of range: allowed {field.describe_range()}", field=name)
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Concept:
         error naming it and the allowed keys. A list: lenient (a saved db_config.json, perhaps from the
         older extension): the key is reported there and ignored."""
         if not isinstance(data, dict):
-            raise DreamboothError(f"concepts_list[{index}] must be an object with concept fields, got {data!r}",
+            raise DreamboothError(f"concepts_list[{index}] must be an object with concept fields, got {shorten(data)}",
                                   field="concepts_list")
         values = {}
         for key, raw in data.items():
@@ -148,7 +148,7 @@ class TrainConfig:
         """Coerce and bounds-check one value. Unknown names are an error here (CLI/UI typos)."""
         spec = FIELD_BY_NAME.get(name)
         if spec is None:
-            raise DreamboothError(f"unknown parameter '{name}' (see `params NAME --show` for the list)",
+            raise DreamboothError(f"unknown parameter {shorten(name)} (see `params NAME --show` for the list)",
                                   field=name)
         value = coerce(spec, raw)
         check_bounds(spec, value)
@@ -191,9 +191,13 @@ def load_concepts_source(source: str) -> list[Concept]:
     text = source.strip()
     base = None
     if not text.startswith("["):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise DreamboothError(f"concepts_path: '{source}' is neither a file nor JSON text", field="concepts_path")
+        try:
+            path = Path(text).expanduser()
+            found = path.is_file()
+        except (OSError, RuntimeError, ValueError):  # an unknown ~user, a name too long, a NUL
+            found = False
+        if not found:
+            raise DreamboothError(f"concepts_path: {shorten(source)} is neither a file nor JSON text", field="concepts_path")
         text, base = path.read_text(encoding="utf-8"), path.parent
     try:
         items = json.loads(text)
@@ -265,7 +269,7 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise DreamboothError(f"--set expects key=value, got '{item}'", field="--set")
+            raise DreamboothError(f"--set expects key=value, got {shorten(item)}", field="--set")
         parsed[key.strip()] = value
     return parsed
 

@@ -11,3 +11,11 @@ class DreamboothError(Exception):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+def shorten(value, limit: int = 80) -> str:
+    """`repr(value)` cut to about `limit` characters: error messages never echo large input back."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"

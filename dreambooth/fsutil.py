@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from .diskspace import disk_guard
+
 _umask_lock = threading.Lock()
 
 
@@ -33,7 +35,15 @@ def _temp_sibling(path: Path, suffix: str = "") -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Path]:
+    """`_atomic_path` with a full disk as one line naming the folder; `need`: the bytes it will take,
+    checked before anything is written (diskspace)."""
+    with disk_guard(Path(path).parent, need, f"writing {Path(path).name}"), _atomic_path(path) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `path`; on success it replaces `path`, on error it is removed.
 
     For writers that insist on a file name (safetensors, torch.save, PIL). The suffix is kept so that
@@ -67,7 +77,14 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, need: int | None = None) -> Iterator[Path]:
+    """`_atomic_dir` with a full disk as one line naming the folder; `need` as for atomic_path."""
+    with disk_guard(Path(path).parent, need, f"writing {Path(path).name}/"), _atomic_dir(path) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory next to `path`; on success it replaces `path` as a whole.
 
     The old directory (if any) is moved aside first and deleted only after the new one is in place, so

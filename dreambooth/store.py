@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import host
-from .errors import DreamboothError
+from .errors import DreamboothError, shorten
 
 CONFIG_FILE = "db_config.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
@@ -19,7 +19,7 @@ def check_model_name(name: str) -> str:
         raise DreamboothError("model name is empty: enter a name for the model", field="model_name")
     if not _NAME_RE.match(name) or ".." in name:
         raise DreamboothError(
-            f"model name '{name}' is not allowed: use letters, digits, '.', '_', '-' and spaces "
+            f"model name {shorten(name)} is not allowed: use letters, digits, '.', '_', '-' and spaces "
             "(no '/', '\\' or '..'), starting with a letter or digit", field="model_name")
     return name
 

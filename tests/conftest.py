@@ -89,3 +89,10 @@ def quick_config(instance_dir, **overrides):
     }
     values.update(overrides)
     return TrainConfig(values)
+
+
+@pytest.fixture(scope="session")
+def fault_trials() -> int:
+    """kill -9 trials for tests/test_faults.py: 20 where DREAMBOOTH_FULL_FAULTS=1 (test.sh: the first stack),
+    else a 3-trial smoke run."""
+    return 20 if os.environ.get("DREAMBOOTH_FULL_FAULTS") == "1" else 3

@@ -48,7 +48,7 @@ def test_params_get_set(client):
     ("post", "/dreambooth-tab/v1/start_training", {"model_name": "m1"}, 400, "no concepts"),
     ("post", "/dreambooth-tab/v1/start_training", {"model_name": "ghost"}, 404, "does not exist"),
     ("post", "/dreambooth-tab/v1/start_training",
-     {"model_name": "m1", "params": {"concepts_list": [{"instance_data_dir": "/no/such"}]}}, 400, "does not exist"),
+     {"model_name": "m1", "params": {"concepts_list": [{"instance_data_dir": "/no/such"}]}}, 400, "not allowed"),
     ("post", "/dreambooth-tab/v1/create", {"model_name": "m1", "source": "x"}, 400, "already exists"),
     ("post", "/dreambooth-tab/v1/checkpoint", {}, 400, "model_name"),
 ])
@@ -86,3 +86,11 @@ def test_standalone_auth_from_env(models, monkeypatch):
     assert client.get("/dreambooth-tab/v1/status").status_code == 401
     good = base64.b64encode(b"carol:pw").decode()
     assert client.get("/dreambooth-tab/v1/status", headers={"Authorization": f"Basic {good}"}).status_code == 200
+
+
+def test_missing_folder_under_the_models_root(client, models):
+    from dreambooth.api import PREFIX
+
+    concepts = [{"instance_data_dir": str(models / "no" / "such")}]
+    answer = client.post(f"{PREFIX}/start_training", json={"model_name": "m1", "params": {"concepts_list": concepts}})
+    assert answer.status_code == 400 and "does not exist" in answer.json()["error"]

@@ -12,6 +12,7 @@ from dreambooth.ui.handlers import concept_key
 @pytest.fixture
 def models(tmp_path, monkeypatch):
     monkeypatch.setenv("DREAMBOOTH_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("DREAMBOOTH_DATA_ROOTS", str(tmp_path))  # the tab may use the test's folders
     return tmp_path / "models"
 
 
@@ -41,7 +42,7 @@ def test_params_round_trip(models, tmp_path):
     values[concept_key(0, "instance_data_dir")] = str(images_dir(tmp_path))
     values[concept_key(0, "instance_prompt")] = "photo of ohwx dog"
     values[concept_key(0, "n_save_sample")] = 2
-    values[concept_key(2, "instance_data_dir")] = "/data/third"  # editors need not be contiguous
+    values[concept_key(2, "instance_data_dir")] = str(tmp_path / "third")  # editors need not be contiguous
     message = handlers.save_params("m1", values)
     assert "saved" in message
     saved = json.loads((models / "dreambooth/m1/db_config.json").read_text())
@@ -53,7 +54,7 @@ def test_params_round_trip(models, tmp_path):
     assert loaded["lr_scheduler"] == "cosine" and loaded["gradient_checkpointing"] is False
     assert loaded[concept_key(0, "instance_prompt")] == "photo of ohwx dog"
     assert loaded[concept_key(0, "n_save_sample")] == 2
-    assert loaded[concept_key(1, "instance_data_dir")] == "/data/third"  # compacted into editor 2
+    assert loaded[concept_key(1, "instance_data_dir")] == str(tmp_path / "third")  # compacted into editor 2
     assert loaded[concept_key(3, "instance_data_dir")] == ""
     # a second save of what was loaded changes nothing
     handlers.save_params("m1", loaded)
@@ -71,7 +72,7 @@ def test_more_concepts_than_editors_warns(models):
 BAD = [
     ("train, no model", lambda m, t: handlers.train("", handlers.default_values()), "no model selected"),
     ("train, missing folder", lambda m, t: handlers.train("m1", {**handlers.default_values(),
-                                                                 concept_key(0, "instance_data_dir"): "/nope"}),
+                                                                 concept_key(0, "instance_data_dir"): str(t / "nope")}),
      "does not exist"),
     ("train, no concepts", lambda m, t: handlers.train("m1", handlers.default_values()), "no concepts"),
     ("train, bad epochs", lambda m, t: handlers.train("m1", {**handlers.default_values(), "num_train_epochs": 0}),
@@ -88,7 +89,15 @@ BAD = [
     ("load, path trick", lambda m, t: handlers.load_params("../etc"), "not allowed"),
     ("create, existing name", lambda m, t: handlers.create_model("m1", str(t)), "already exists"),
     ("create, no source", lambda m, t: handlers.create_model("new", ""), "no source checkpoint"),
-    ("create, missing source", lambda m, t: handlers.create_model("new", "/no/such.safetensors"), "does not exist"),
+    ("create, missing source", lambda m, t: handlers.create_model("new", str(t / "no/such.safetensors")),
+     "does not exist"),
+    ("create, source outside the roots", lambda m, t: handlers.create_model("new", "/no/such.safetensors"),
+     "not allowed"),
+    ("save, folder outside the roots", lambda m, t: handlers.save_params(
+        "m1", {**handlers.default_values(), concept_key(0, "instance_data_dir"): "/etc"}), "not allowed"),
+    ("save, template outside the roots", lambda m, t: handlers.save_params(
+        "m1", {**handlers.default_values(), concept_key(0, "instance_data_dir"): str(t),
+               concept_key(0, "save_sample_template"): "/etc/passwd"}), "not allowed"),
     ("samples, no model", lambda m, t: handlers.generate_samples("", handlers.default_values()), "no model"),
     ("ckpt, no model", lambda m, t: handlers.generate_ckpt(""), "no model selected"),
     ("wizard, no images", lambda m, t: handlers.wizard("m1", handlers.default_values(), 8), "no concepts"),

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import DreamboothError
+from ..diskspace import tensor_bytes
 from ..fsutil import atomic_path
 from .checkpoint_io import load_state_dict
 from .detect import CLIP_PREFIX
@@ -115,7 +116,7 @@ def export_single_file(source, out_path, half: bool = False, metadata: dict | No
     info = {str(k): str(v) for k, v in (metadata or {}).items()}
     info[CONFIGS_METADATA_KEY] = json.dumps(configs, sort_keys=True)
     info.setdefault("format", "pt")
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, need=tensor_bytes(tensors)) as tmp:  # a full disk: refused before writing
         if suffix == ".safetensors":
             from safetensors.torch import save_file
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from ..diskspace import tensor_bytes
 from ..fsutil import atomic_dir
 
 
@@ -19,7 +20,7 @@ def save_training_state(trainer, want_checkpoint: bool, want_snapshot: bool) -> 
     unet = trainer.accelerator.unwrap_model(trainer.unet)
     text_encoder = trainer.models.text_encoder
     text_encoder_trained = trainer.text_encoder_epochs > 0
-    with atomic_dir(trainer.model.working / "unet") as tmp:
+    with atomic_dir(trainer.model.working / "unet", need=tensor_bytes(unet.state_dict())) as tmp:
         unet.save_pretrained(tmp)
     if text_encoder_trained:
         with atomic_dir(trainer.model.working / "text_encoder") as tmp:

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..diskspace import tensor_bytes
 from ..errors import DreamboothError
 from ..fsutil import atomic_dir
 
@@ -41,7 +42,8 @@ def save_snapshot(folder: Path, revision: int, trained: dict, optimizer, lr_sche
     from safetensors.torch import save_file
 
     target = folder / f"{PREFIX}{revision}"
-    with atomic_dir(target) as tmp:
+    need = sum(tensor_bytes(m.state_dict()) for m in trained.values()) + tensor_bytes(optimizer.state_dict())
+    with atomic_dir(target, need=need) as tmp:
         for name, module in trained.items():
             tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
             bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]

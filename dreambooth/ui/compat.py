@@ -12,11 +12,21 @@ GRADIO_VERSION = gr.__version__
 GRADIO_MAJOR = int(GRADIO_VERSION.split(".")[0])
 
 
+def _no_api_docs(kwargs: dict) -> dict:
+    """Keep the tab's events out of Gradio's API description, which gradio 6 embeds even in the login page
+    (it would show the model and checkpoint names to anyone); they stay callable by the page itself."""
+    if GRADIO_MAJOR >= 6:
+        kwargs.setdefault("api_visibility", "undocumented")
+    elif GRADIO_MAJOR >= 4:
+        kwargs.setdefault("show_api", False)
+    return kwargs
+
+
 def event(trigger, fn, inputs=None, outputs=None, js: str | None = None, **kwargs):
     """`button.click(fn, inputs, outputs, js=...)` with the keyword this gradio knows."""
     if js is not None:
         kwargs["_js" if GRADIO_MAJOR < 4 else "js"] = js
-    return trigger(fn, inputs=inputs, outputs=outputs, **kwargs)
+    return trigger(fn, inputs=inputs, outputs=outputs, **(_no_api_docs(kwargs) if fn is not None else kwargs))
 
 
 def poll(blocks, fn, outputs, seconds: float, inputs=None, elem_id: str = "dbt_poll"):
@@ -28,9 +38,9 @@ def poll(blocks, fn, outputs, seconds: float, inputs=None, elem_id: str = "dbt_p
     """
     if hasattr(gr, "Timer"):
         timer = gr.Timer(seconds)
-        return timer.tick(fn, inputs=inputs, outputs=outputs, show_progress="hidden", queue=False)
+        return timer.tick(fn, inputs=inputs, outputs=outputs, show_progress="hidden", queue=False, **_no_api_docs({}))
     button = gr.Button(visible=True, elem_id=elem_id, elem_classes=["dbt-hidden"])
-    event = button.click(fn, inputs=inputs, outputs=outputs, show_progress=False, queue=False)
+    event = button.click(fn, inputs=inputs, outputs=outputs, show_progress=False, queue=False, **_no_api_docs({}))
     blocks.load(None, None, None, _js=_CLICK_EVERY_JS % {"id": elem_id, "ms": int(seconds * 1000)})
     return event
 
@@ -78,9 +88,10 @@ def blocks(css: str | None = None, title: str | None = None, standalone: bool = 
 
 
 def launch(blocks, host: str, port: int, css: str | None = None, allowed_paths=None,
-           prevent_thread_lock: bool = False):
+           prevent_thread_lock: bool = False, auth=None):
+    """`auth`: [(user, password), ...] — Gradio's login guards the page, its API and its file routes."""
     kwargs = dict(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,
-                  show_error=True, allowed_paths=[str(p) for p in (allowed_paths or [])])
+                  show_error=True, allowed_paths=[str(p) for p in (allowed_paths or [])], auth=auth)
     if GRADIO_MAJOR >= 6 and css:
         kwargs["css"] = css
     if GRADIO_MAJOR < 4:

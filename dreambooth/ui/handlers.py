@@ -2,14 +2,14 @@
 
 Widget values arrive as {field name: value}; concept editor values as {"concept<i>.<field>": value}.
 Every function returns a message for the log; DreamboothError carries bad-input messages and the
-tab shows them (tab.py wraps each handler).
+tab shows them (tab.py wraps each handler). Paths from the widgets pass the path policy (pathpolicy).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .. import actions, host
+from .. import actions, host, modellock, pathpolicy
 from ..config import TrainConfig
 from ..errors import DreamboothError
 from ..data.dataset import check_concepts
@@ -64,6 +64,7 @@ def values_to_config(model: str, values: dict) -> TrainConfig:
                 concept[field.name] = values[key]
         concepts.append(concept)
     cfg.set("concepts_list", concepts)
+    pathpolicy.check_config(cfg)
     return cfg
 
 
@@ -124,6 +125,7 @@ def create_model(name: str, source: str, model_type: str = "detect") -> str:
         lines.append(message)
         runner().note(message)
 
+    source = pathpolicy.check_source(source)
     with runner().exclusive("create", name or "?"):
         actions.create_model(name, source, progress=progress,
                              model_type=None if model_type in (None, "", "detect") else model_type)
@@ -154,6 +156,7 @@ def train(model: str, values: dict, resume: bool = False) -> str:
         raise DreamboothError(f"a job is already running ({job.kind} of '{job.model_name}'): "
                               "wait for it or press Cancel", field="job")
     cfg = values_to_config(model, values)
+    modellock.check_free(model_dir(model).path)  # another process trains it: say so now
     count = check_concepts(cfg.concepts())
     runner().start_training(model, cfg, resume=resume)
     return f"training '{model}' started: {count} instance image(s), {cfg.num_train_epochs} epoch(s)"
@@ -229,6 +232,7 @@ def _config_from_values(values: dict) -> TrainConfig:
     for name in ("use_concepts", "concepts_path"):
         if name in values:
             cfg.set(name, values[name])
+    pathpolicy.check_config(cfg)
     return cfg
 
 

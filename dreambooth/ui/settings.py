@@ -6,6 +6,8 @@ is one of those or names its component.
 """
 from __future__ import annotations
 
+import os
+
 SECTION = ("dreambooth_tab", "Dreambooth tab")
 POLL_SLIDER = {"minimum": 0.5, "maximum": 10, "step": 0.5}
 
@@ -18,6 +20,9 @@ OPTIONS = {
     "dreambooth_tab_status_poll_seconds": (1.0, "Status refresh interval (seconds)",
                                            "How often the tab reads training progress. Needs Reload UI.",
                                            POLL_SLIDER),
+    "dreambooth_tab_data_roots": ("", f"Data roots (folders separated by '{os.pathsep}')",
+                                  "Folders the tab and the API may read images, concepts files and sample "
+                                  "templates from, and write class images to, besides the models folder.", None),
 }
 
 
