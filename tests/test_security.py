@@ -87,7 +87,7 @@ def test_rest_routes_need_the_login(site):
 def test_page_and_gradio_api_need_the_login(site):
     url, before = site["url"], models_now(site)
     page = httpx.get(url + "/", timeout=30)
-    assert "db_train" not in page.text and "Performance Wizard" not in page.text  # the login form only
+    assert "dbt_train" not in page.text and "Performance Wizard" not in page.text  # the login form only
     config = httpx.get(url + site["gradio_api"].replace("/gradio_api", "") + "/config", timeout=30)
     report("GET /config without login", config)
     assert config.status_code in (401, 403)
