@@ -31,3 +31,19 @@ def build(pairs, parts, resolution=64, **options):
     unet, vae, text_encoder, tokenizer = parts
     options.setdefault("step", 32)
     return build_training_set(pairs, resolution, vae, text_encoder, tokenizer, torch.device("cpu"), **options)
+
+
+def require_bitsandbytes_on_cpu():
+    """Skip unless bitsandbytes can step an 8-bit optimizer here: releases before the CPU backend
+    (0.45.5, the one that installs beside AUTOMATIC1111's torch 2.1.2) have GPU kernels only."""
+    import pytest
+    import torch
+
+    bnb = pytest.importorskip("bitsandbytes")
+    weight = torch.nn.Parameter(torch.ones(64))
+    optimizer = bnb.optim.AdamW8bit([weight], lr=0.1)
+    weight.sum().backward()
+    try:
+        optimizer.step()
+    except Exception as error:  # the probe's only job: say why the 8-bit tests cannot run on this stack
+        pytest.skip(f"bitsandbytes {bnb.__version__} cannot step on the CPU: {type(error).__name__}")

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from data_helpers import require_bitsandbytes_on_cpu
 
 from conftest import quick_config
 from dreambooth.errors import DreamboothError
@@ -125,7 +126,7 @@ def test_sample_request_during_training(tiny_model, demo_images):
 
 
 def test_gradient_checkpointing_and_8bit_adam_train(tiny_model, demo_images):
-    pytest.importorskip("bitsandbytes")
+    require_bitsandbytes_on_cpu()
     cfg = quick_config(demo_images, num_train_epochs=1, gradient_checkpointing=True, optimizer="8bit AdamW")
     before = _unet_weights(tiny_model)
     result = Trainer(tiny_model, cfg).run()

@@ -4,6 +4,7 @@ import hashlib
 
 import pytest
 import torch
+from data_helpers import require_bitsandbytes_on_cpu
 from safetensors.torch import load_file
 
 from conftest import quick_config
@@ -56,7 +57,7 @@ def test_text_encoder_trains_only_for_its_fraction(tiny_model, one_image):
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_each_optimizer_steps_and_resumes(optimizer, tiny_model, demo_images):
     if optimizer in ("8bit AdamW", "Lion", "8bit Lion"):
-        pytest.importorskip("bitsandbytes")
+        require_bitsandbytes_on_cpu()
     pytest.importorskip({"Prodigy": "prodigyopt", "AdamW Dadaptation": "dadaptation"}.get(optimizer, "torch"))
     lr = 1.0 if optimizer in ("Prodigy", "AdamW Dadaptation") else 1e-4
     settings = dict(num_train_epochs=1, optimizer=optimizer, learning_rate=lr, train_batch_size=3)
