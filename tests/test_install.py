@@ -12,13 +12,17 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
-import pip
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Located, never imported: importing pip (even finding its spec) switches off setuptools' distutils shim for
+# the whole test process, and a later `import setuptools` (triton, pulled in by bitsandbytes on the CUDA
+# torch builds) then fails its own assertion.
+PIP_DIR = Path(sysconfig.get_paths()["purelib"]) / "pip"
 HOST = {"torch": "2.1.2", "torchvision": "0.16.2", "gradio": "3.41.2", "transformers": "4.30.2",
         "accelerate": "0.21.0", "safetensors": "0.4.5", "matplotlib": "3.8.0", "tqdm": "4.66.1",
         "psutil": "5.9.5"}
@@ -68,7 +72,7 @@ def host(tmp_path_factory):
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    (site / "pip").symlink_to(Path(pip.__file__).parent, target_is_directory=True)
+    (site / "pip").symlink_to(PIP_DIR, target_is_directory=True)
     for name, version in HOST.items():
         for path, data in _dist_info(site, name, version).items():
             (site / path).parent.mkdir(parents=True, exist_ok=True)
