@@ -31,8 +31,9 @@ def say(message: str) -> None:
 
 
 def load_deps():
-    """dreambooth/deps.py by path: no package import (another extension may own `dreambooth`)."""
-    spec = importlib.util.spec_from_file_location("_dreambooth_tab_deps", EXT_DIR / "dreambooth" / "deps.py")
+    """dreambooth/platform/deps.py by path: no package import (another extension may own `dreambooth`)."""
+    path = EXT_DIR / "dreambooth" / "platform" / "deps.py"
+    spec = importlib.util.spec_from_file_location("_dreambooth_tab_deps", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

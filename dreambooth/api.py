@@ -35,7 +35,7 @@ def register_routes(app, api_auth: str | None = USE_HOST_AUTH) -> None:
     from fastapi.security import HTTPBasic, HTTPBasicCredentials
     from starlette.concurrency import run_in_threadpool
 
-    from . import host
+    from .platform import host
 
     users = host.parse_api_auth(host.host_api_auth() if api_auth == USE_HOST_AUTH else api_auth)
     basic = HTTPBasic(auto_error=False)
@@ -124,7 +124,7 @@ def _name(args: dict) -> str:
 
 
 def _status(args: dict) -> dict:
-    from .jobs import runner
+    from .service.jobs import runner
 
     data = runner().status_dict()
     data["log"] = data["log"][-50:]
@@ -138,15 +138,15 @@ def _models(args: dict) -> dict:
 
 
 def _sources(args: dict) -> dict:
-    from . import actions
+    from .service import operations
 
-    return {"sources": [str(p) for p in actions.list_source_checkpoints()]}
+    return {"sources": [str(p) for p in operations.list_source_checkpoints()]}
 
 
 def _get_params(args: dict) -> dict:
-    from . import actions
+    from .service import operations
 
-    cfg, warnings = actions.load_params(_name(args))
+    cfg, warnings = operations.load_params(_name(args))
     return {"params": cfg.to_dict(), "warnings": warnings}
 
 
@@ -160,43 +160,45 @@ def _apply(cfg, params) -> None:
 
 
 def _set_params(args: dict) -> dict:
-    from . import actions, pathpolicy
+    from .platform import pathpolicy
+    from .service import operations
 
     name = _name(args)
-    cfg, _ = actions.load_params(name)
+    cfg, _ = operations.load_params(name)
     _apply(cfg, args.get("params"))
     pathpolicy.check_config(cfg)
-    path = actions.save_params(name, cfg)
+    path = operations.save_params(name, cfg)
     return {"message": f"params saved to {path}", "params": cfg.to_dict()}
 
 
 def _create(args: dict) -> dict:
-    from . import actions
-    from .jobs import runner
+    from .service import operations
+    from .service.jobs import runner
 
-    from .pathpolicy import check_source
+    from .platform.pathpolicy import check_source
 
     name = _name(args)
     source = check_source(args.get("source"))
     with runner().exclusive("create", name):
-        model = actions.create_model(name, source, progress=runner().note)
+        model = operations.create_model(name, source, progress=runner().note)
     return {"message": f"model '{name}' created", "path": str(model.path), "_status": 201}
 
 
 def _cancel(args: dict) -> dict:
-    from .jobs import runner
+    from .service.jobs import runner
 
     return {"message": runner().cancel()}
 
 
 def _start_training(args: dict) -> dict:
-    from . import actions, modellock, pathpolicy
+    from .platform import modellock, pathpolicy
+    from .service import operations
     from .data.dataset import check_concepts
-    from .jobs import runner
+    from .service.jobs import runner
     from .store import model_dir
 
     name = _name(args)
-    cfg, _ = actions.load_params(name)
+    cfg, _ = operations.load_params(name)
     _apply(cfg, args.get("params"))
     pathpolicy.check_config(cfg)
     modellock.check_free(model_dir(name).path)  # another process trains it: 409 now, not a failed job later
@@ -206,13 +208,14 @@ def _start_training(args: dict) -> dict:
 
 
 def _checkpoint(args: dict) -> dict:
-    from . import actions, host
-    from .jobs import runner
+    from .platform import host
+    from .service import operations
+    from .service.jobs import runner
 
     name = _name(args)
     job = runner().current()
     if job is not None and job.kind == "train" and job.model_name == name:  # the trainer writes it (as the tab)
         return {"message": runner().request_save(), "_status": 202}
     with runner().exclusive("checkpoint", name):
-        path = actions.generate_ckpt(name)  # the export refreshes the WebUI's list
+        path = operations.generate_ckpt(name)  # the export refreshes the WebUI's list
     return {"message": f"checkpoint written: {path}", "path": str(path)}

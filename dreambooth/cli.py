@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading options: hand them over as they are
-        from .bench import main as bench_main
+        from .tools.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a write the atomic writers did not see (logs): still one line
-        from .diskspace import disk_full_error, is_disk_full
+        from .platform.diskspace import disk_full_error, is_disk_full
 
         if not is_disk_full(error):
             raise
@@ -115,14 +115,14 @@ def cmd_serve(args) -> int:
 
 
 def cmd_create(args) -> int:
-    from .actions import create_model
+    from .service.operations import create_model
 
     create_model(args.name, args.source, model_type=args.model_type)
     return 0
 
 
 def cmd_params(args) -> int:
-    from .actions import describe, load_params, save_params
+    from .service.operations import describe, load_params, save_params
     from .config import apply_assignments
     from .registry import FIELDS
 
@@ -143,7 +143,7 @@ def cmd_params(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .actions import load_params, train_model
+    from .service.operations import load_params, train_model
     from .config import apply_assignments
     from .train.control import TrainControl
 
@@ -181,14 +181,14 @@ def _print_result(result) -> None:
 
 
 def cmd_ckpt(args) -> int:
-    from .actions import generate_ckpt
+    from .service.operations import generate_ckpt
 
     print(generate_ckpt(args.name, half=args.half, subdir=args.subdir))
     return 0
 
 
 def cmd_samples(args) -> int:
-    from .actions import generate_samples
+    from .service.operations import generate_samples
 
     for path in generate_samples(args.name):
         print(path)
@@ -196,7 +196,7 @@ def cmd_samples(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .actions import list_models
+    from .service.operations import list_models
 
     for name in list_models():
         print(name)
@@ -204,7 +204,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_tiny_checkpoint(args) -> int:
-    from .tiny import write_tiny_checkpoint
+    from .model.tiny import write_tiny_checkpoint
 
     write_tiny_checkpoint(args.out, preset=args.preset, seed=args.seed)
     print(args.out)
@@ -212,7 +212,7 @@ def cmd_tiny_checkpoint(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     started = time.perf_counter()
     run_demo(DEMO_MODEL)
@@ -221,7 +221,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import main as bench_main
+    from .tools.bench import main as bench_main
 
     return bench_main(args.rest)
 

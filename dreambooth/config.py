@@ -13,15 +13,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import DreamboothError, shorten
-from .fsutil import atomic_write_json
+from .migrations import OLDER_BOOKKEEPING_KEYS, migrate, stamped
+from .platform.fsutil import atomic_write_json
 from .registry import CONCEPT_FIELD_BY_NAME, CONCEPT_FIELDS, FIELD_BY_NAME, FIELDS, Field
-
-# Renamed values from the older extension's files.
-_LEGACY_VALUES = {"optimizer": {"8Bit Adam": "8bit AdamW", "AdamW": "Torch AdamW"}}
-_LEGACY_KEYS = {"deis_train_scheduler": "noise_scheduler"}
-# Keys the older extension computed or kept for its own bookkeeping; accepted on import without a warning.
-_IGNORED_LEGACY_KEYS = {"is_valid", "model_dir", "pretrained_model_name_or_path", "model_path",
-                        "lifetime_revision", "initial_revision", "v2", "has_ema"}
 
 
 def coerce(field: Field, raw: Any, where: str = "") -> Any:
@@ -109,7 +103,7 @@ class Concept:
         for key, raw in data.items():
             spec = CONCEPT_FIELD_BY_NAME.get(key)
             if spec is None:
-                if key in _IGNORED_LEGACY_KEYS:
+                if key in OLDER_BOOKKEEPING_KEYS:  # an older concepts file pasted or pointed at
                     continue
                 if warnings is None:
                     raise DreamboothError(
@@ -218,23 +212,18 @@ def load_concepts_source(source: str) -> list[Concept]:
 def config_from_dict(data: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """Build a config from a db_config.json object (ours or the older extension's).
 
-    Returns the config and warnings (unknown keys, migrated values). Bad values raise DreamboothError.
+    Older formats are migrated first (migrations.py). Returns the config and warnings (unknown keys, migrated
+    values). Bad values raise DreamboothError.
     """
     if not isinstance(data, dict):
         raise DreamboothError("db_config.json must hold a JSON object")
-    warnings: list[str] = []
+    data, warnings = migrate(data, lambda name: name in FIELD_BY_NAME)
     known: dict[str, Any] = {}
     extras: dict[str, Any] = {}
     for key, raw in data.items():
-        name = key[3:] if key.startswith("db_") and key[3:] in FIELD_BY_NAME else key
-        name = _LEGACY_KEYS.get(name, name)
-        if name in FIELD_BY_NAME:
-            renamed = _LEGACY_VALUES.get(name, {}).get(raw) if isinstance(raw, str) else None
-            if renamed is not None:
-                warnings.append(f"{name}: '{raw}' is now called '{renamed}'")
-                raw = renamed
-            known[name] = raw
-        elif name not in _IGNORED_LEGACY_KEYS:
+        if key in FIELD_BY_NAME:
+            known[key] = raw
+        else:
             extras[key] = raw
             warnings.append(f"unknown key '{key}' kept as is but not used")
     cfg = TrainConfig(extras=extras)
@@ -260,7 +249,7 @@ def load_config(path: Path) -> tuple[TrainConfig, list[str]]:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    atomic_write_json(path, cfg.to_dict())
+    atomic_write_json(path, stamped(cfg.to_dict()))
 
 
 def parse_assignments(assignments: Iterable[str]) -> dict[str, str]:

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import host
+from .platform import host
 from .errors import DreamboothError, shorten
 
 CONFIG_FILE = "db_config.json"
@@ -46,8 +46,13 @@ class ModelDir:
         return self.path / "logging"
 
     @property
-    def checkpoints(self) -> Path:
-        """Resume snapshots (checkpoint-<revision>/)."""
+    def snapshots(self) -> Path:
+        """Resume snapshots (snapshot-<revision>/). Exported checkpoints go to the host's model folder."""
+        return self.path / "snapshots"
+
+    @property
+    def older_snapshots(self) -> Path:
+        """Where snapshots lived before (checkpoints/checkpoint-<revision>/): still read, never written."""
         return self.path / "checkpoints"
 
     @property

@@ -65,11 +65,11 @@ def on_ui_tabs():
     try:
         tab = importlib.import_module("dreambooth.ui.tab")
         # the older Dreambooth extension's tab is also titled "Dreambooth": tell the two apart
-        others = importlib.import_module("dreambooth.host").other_dreambooth_extensions()
+        others = importlib.import_module("dreambooth.platform.host").other_dreambooth_extensions()
         return [(tab.build_tab(), "Dreambooth tab" if others else TITLE, ELEM_ID)]
     except Exception as error:  # keep the WebUI alive; say what is wrong where the user looks
         log.exception("dreambooth: building the tab failed")
-        hint = importlib.import_module("dreambooth.deps").missing_message() or ""  # stdlib-only module
+        hint = importlib.import_module("dreambooth.platform.deps").missing_message() or ""  # stdlib-only module
         return _message_tab(f"Building the tab failed: {type(error).__name__}: {error}. {hint}".strip())
 
 
@@ -88,7 +88,7 @@ def on_app_started(demo, app):
     if CLASH or app is None or getattr(app, "_dreambooth_routes", False):
         return
     try:
-        api_auth = importlib.import_module("dreambooth.host").host_api_auth()  # the WebUI's --api-auth
+        api_auth = importlib.import_module("dreambooth.platform.host").host_api_auth()  # the WebUI's --api-auth
         importlib.import_module("dreambooth.api").register_routes(app, api_auth=api_auth)
         app._dreambooth_routes = True
     except Exception as error:  # the tab still works without its routes

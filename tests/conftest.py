@@ -20,7 +20,7 @@ def pytest_collection_finish(session):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    from dreambooth.tiny import write_tiny_checkpoint
+    from dreambooth.model.tiny import write_tiny_checkpoint
 
     path = tmp_path_factory.mktemp("sources") / "tiny.safetensors"
     write_tiny_checkpoint(path)
@@ -29,7 +29,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_images(tmp_path_factory):
-    from dreambooth.tiny import write_demo_images
+    from dreambooth.model.tiny import write_demo_images
 
     folder = tmp_path_factory.mktemp("demo_images")
     write_demo_images(folder)
@@ -42,7 +42,7 @@ def tiny_parts(tmp_path_factory):
     from transformers import CLIPTokenizer
 
     from dreambooth.convert.tokenizer import write_clip_tokenizer
-    from dreambooth.tiny import build_components
+    from dreambooth.model.tiny import build_components
 
     parts = build_components("tiny")
     folder = write_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
@@ -69,7 +69,7 @@ def models_root(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_model(models_root, tiny_checkpoint):
     """A freshly created model named 'tiny' under an isolated models root."""
-    from dreambooth.actions import create_model
+    from dreambooth.service.operations import create_model
 
     return create_model("tiny", tiny_checkpoint, progress=lambda message: None)
 

@@ -125,7 +125,7 @@ def run_child(argv: list[str], log: Path, kill: tuple[str, int, float] | None, o
 
 # checks in this process ----------------------------------------------------------------------------
 def temp_files(*folders: Path) -> list[str]:
-    from dreambooth.leftovers import is_temp_name
+    from dreambooth.platform.leftovers import is_temp_name
 
     found = []
     for folder in folders:
@@ -136,19 +136,19 @@ def temp_files(*folders: Path) -> list[str]:
 
 def listings_clean() -> bool:
     """What the tab, the API and the CLI list: sources, models, snapshots."""
-    from dreambooth import actions
+    from dreambooth.service import operations
     from dreambooth.store import list_models, model_dir
     from dreambooth.train.snapshot import list_snapshots
 
-    names = [p.name for p in actions.list_source_checkpoints()] + list_models()
-    names += [p.name for p in list_snapshots(model_dir(NAME).checkpoints)]
+    names = [p.name for p in operations.list_source_checkpoints()] + list_models()
+    names += [p.name for p in list_snapshots(model_dir(NAME).snapshots)]
     return not any(".tmp" in n or n.startswith(".") for n in names)
 
 
 def newest_checkpoint_loads() -> tuple[str | None, bool]:
     from safetensors.torch import load_file
 
-    from dreambooth import host
+    from dreambooth.platform import host
 
     pattern = re.compile(rf"^{NAME}_(\d+)\.safetensors$")
     folder = host.checkpoint_dir()
@@ -175,7 +175,7 @@ def snapshot_step() -> int | None:
     from dreambooth.store import model_dir
     from dreambooth.train.snapshot import latest_snapshot, load_snapshot
 
-    path = latest_snapshot(model_dir(NAME).checkpoints)
+    path = latest_snapshot(model_dir(NAME).snapshots)
     return None if path is None else load_snapshot(path)["state"]["global_step"]
 
 
@@ -198,8 +198,8 @@ def main() -> int:
 
     import dreambooth.cli  # noqa: F401
     import dreambooth.train.loop  # noqa: F401
-    from dreambooth import host
-    from dreambooth.actions import create_model, load_params, save_params
+    from dreambooth.platform import host
+    from dreambooth.service.operations import create_model, load_params, save_params
     from dreambooth.store import model_dir
 
     create_model(NAME, args.source, progress=lambda message: None)

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from dreambooth.actions import load_params
+from dreambooth.service.operations import load_params
 from dreambooth.store import model_dir
 from dreambooth.train.loop import Trainer
 

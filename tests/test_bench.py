@@ -34,7 +34,7 @@ def test_bench_writes_the_record_with_both_ratios(tmp_path):
 
 
 def test_bench_rejects_bad_step_counts(capsys):
-    from dreambooth.bench import main
+    from dreambooth.tools.bench import main
 
     assert main(["--steps", "2", "--warmup", "2"]) == 2
     assert "--steps" in capsys.readouterr().err
@@ -44,7 +44,7 @@ def test_cpu_attention_is_sdpa_and_compile_is_opt_in():
     import torch
 
     from dreambooth.registry import FIELD_BY_NAME
-    from dreambooth.tiny import build_components
+    from dreambooth.model.tiny import build_components
     from dreambooth.train.setup import use_fast_attention
 
     unet = build_components("tiny")["unet"]

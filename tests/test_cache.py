@@ -5,8 +5,8 @@ import torch
 from conftest import quick_config
 from data_helpers import build, pairs_for, write_image
 from dreambooth.train.loop import Trainer
-from dreambooth.train.metrics import read_metrics
-from dreambooth.train.text import encode_text
+from dreambooth.monitor.metrics import read_metrics
+from dreambooth.model.text import encode_text
 
 
 def _folder(tmp_path, count=3):
@@ -76,7 +76,7 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path, tiny_parts):
 
 
 def test_cached_and_uncached_training_give_the_same_first_loss(models_root, tiny_checkpoint, demo_images):
-    from dreambooth.actions import create_model
+    from dreambooth.service.operations import create_model
 
     losses = []
     for cache_latents in (True, False):

@@ -64,6 +64,31 @@ def test_older_extension_file_is_imported_and_unknown_keys_are_kept(tmp_path):
     assert again.to_dict() == cfg.to_dict()
 
 
+def test_saved_files_carry_the_format_version_and_the_chain_reads_every_older_one(tmp_path):
+    from dreambooth.migrations import FORMAT_KEY, FORMAT_VERSION, MIGRATIONS
+
+    path = tmp_path / "db_config.json"
+    save_config(TrainConfig({"learning_rate": 2e-6}), path)
+    data = json.loads(path.read_text())
+    assert data[FORMAT_KEY] == FORMAT_VERSION and len(MIGRATIONS) == FORMAT_VERSION
+    cfg, warnings = load_config(path)
+    assert cfg.learning_rate == 2e-6 and not warnings and FORMAT_KEY not in cfg.to_dict()
+    # a file written before the version existed is version 0 and runs through the whole chain
+    del data[FORMAT_KEY]
+    data["db_max_grad_norm"], data["has_ema"], data["optimizer"] = 0.5, False, "AdamW"
+    cfg, warnings = config_from_dict(data)
+    assert cfg.learning_rate == 2e-6 and cfg.max_grad_norm == 0.5 and cfg.optimizer == "Torch AdamW"
+    assert warnings == ["optimizer: 'AdamW' is now called 'Torch AdamW'"]
+
+
+@pytest.mark.parametrize("version, fragment", [(99, "newer than this extension reads"),
+                                               ("1", "must be a whole number"), (-1, "must be a whole number")])
+def test_a_format_version_we_cannot_read_is_a_clear_error(version, fragment):
+    with pytest.raises(DreamboothError, match=fragment) as caught:
+        config_from_dict({"format_version": version, "learning_rate": 1e-6})
+    assert caught.value.field == "format_version"
+
+
 def test_concepts_file_resolves_relative_folders(tmp_path):
     (tmp_path / "imgs").mkdir()
     concepts_file = tmp_path / "concepts.json"

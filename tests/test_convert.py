@@ -17,7 +17,7 @@ from dreambooth.convert.export import export_single_file  # noqa: E402
 from dreambooth.convert.ldm_infer import infer_configs  # noqa: E402
 from dreambooth.convert.ldm_map import diffusers_to_ldm, ldm_to_diffusers  # noqa: E402
 from dreambooth.errors import DreamboothError  # noqa: E402
-from dreambooth.tiny import write_tiny_checkpoint  # noqa: E402
+from dreambooth.model.tiny import write_tiny_checkpoint  # noqa: E402
 
 quiet = lambda message: None  # noqa: E731
 
@@ -59,7 +59,7 @@ def test_working_folder_loads_as_pipeline(working):
 
 def test_text_encoder_reloads_identically(working):
     """The saved text encoder keys carry `text_model.`; a dropped prefix reloads as random weights."""
-    from dreambooth.tiny import build_components
+    from dreambooth.model.tiny import build_components
 
     _, _, text_encoder, _, _ = load_components(working)
     fresh = build_components("tiny", seed=0)["text_encoder"]

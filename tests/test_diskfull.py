@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from dreambooth.cli import main
-from dreambooth.leftovers import is_temp_name
+from dreambooth.platform.leftovers import is_temp_name
 
 
 def temps(*folders) -> list:
@@ -30,7 +30,7 @@ def one_line_error(capsys) -> str:
 def trained(tiny_model, one_image, models_root):
     """The tiny model after one short run (revision > 0, a checkpoint on disk)."""
     from conftest import quick_config
-    from dreambooth.actions import train_model
+    from dreambooth.service.operations import train_model
 
     cfg = quick_config(one_image, num_train_epochs=1, save_state_after=False)
     train_model("tiny", cfg)
@@ -83,9 +83,9 @@ def test_train_stops_on_enospc_in_a_snapshot(tiny_model, one_image, models_root,
             "--set", "resolution=64", "--set", "mixed_precision=no", "--set", "gradient_checkpointing=false"]
     assert main(argv) == 2
     err = one_line_error(capsys)
-    assert f"not enough disk space in {tiny_model.checkpoints}" in err and "needs about" in err
+    assert f"not enough disk space in {tiny_model.snapshots}" in err and "needs about" in err
     assert temps(tiny_model.path, models_root / "Stable-diffusion") == []
-    assert not list(tiny_model.checkpoints.glob("checkpoint-*"))  # no half snapshot
+    assert not list(tiny_model.snapshots.glob("snapshot-*"))  # no half snapshot
     json.loads(tiny_model.config_file.read_text())
 
 

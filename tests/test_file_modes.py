@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from dreambooth.fsutil import atomic_dir, atomic_write_text
+from dreambooth.platform.fsutil import atomic_dir, atomic_write_text
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
 
@@ -32,7 +32,7 @@ def test_atomic_files_and_folders_get_the_umask_modes(tmp_path, umask_002):
 
 
 def test_an_exported_checkpoint_gets_the_umask_mode(tmp_path, umask_002):
-    from dreambooth.tiny import write_tiny_checkpoint
+    from dreambooth.model.tiny import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(tmp_path / "Stable-diffusion" / "tiny.safetensors")
     assert _mode(path) == 0o664

@@ -59,10 +59,10 @@ def test_nan_between_flag_reads_never_saves_nor_prunes_the_good_snapshot(tiny_mo
     trainer = NanAt(tiny_model, cfg, check_every=10)
     with pytest.raises(DreamboothError, match="NaN or infinite"):
         trainer.run()
-    assert [p.name for p in list_snapshots(tiny_model.checkpoints)] == ["checkpoint-2"]  # the good one stays
+    assert [p.name for p in list_snapshots(tiny_model.snapshots)] == ["snapshot-2"]  # the good one stays
     from safetensors.torch import load_file
 
-    weights = load_file(str(list_snapshots(tiny_model.checkpoints)[0] / "unet.safetensors"))
+    weights = load_file(str(list_snapshots(tiny_model.snapshots)[0] / "unet.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     working = load_file(str(tiny_model.working / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.isfinite(v).all() for v in working.values())
@@ -82,7 +82,7 @@ def test_snapshot_with_nan_weights_is_refused_and_the_older_one_kept(tmp_path):
         layer.weight[0, 0] = float("nan")
     with pytest.raises(DreamboothError, match="NaN/Inf.*older snapshots are kept"):
         save_snapshot(tmp_path, 2, {"unet": layer}, *args, keep=1)
-    assert [p.name for p in list_snapshots(tmp_path)] == ["checkpoint-1"]
+    assert [p.name for p in list_snapshots(tmp_path)] == ["snapshot-1"]
 
 
 # 3. EMA: diffusers' warm-up, an update interval, previews without a second UNet ------------------------
@@ -214,7 +214,7 @@ from dreambooth.config import concepts_from_list
 from dreambooth.data.dataset import collect_items
 from dreambooth.data.images import open_rgb
 from dreambooth.data.build import build_training_set
-from dreambooth.tiny import build_components
+from dreambooth.model.tiny import build_components
 from dreambooth.convert.tokenizer import write_clip_tokenizer
 from transformers import CLIPTokenizer
 parts = build_components("tiny")
@@ -306,7 +306,7 @@ def test_gif_first_frame_is_used_and_other_files_are_named(tmp_path):
 
 # 7. metrics.jsonl: fresh per run, kept on resume, a torn line skipped --------------------------------
 def test_metrics_reset_per_run_kept_on_resume_and_torn_line_skipped(tiny_model, one_image):
-    from dreambooth.train.metrics import read_metrics
+    from dreambooth.monitor.metrics import read_metrics
 
     settings = dict(num_train_epochs=3, save_ckpt_after=False)
     Trainer(tiny_model, quick_config(one_image, **settings)).run()
@@ -428,7 +428,9 @@ def test_cancel_vote_every_check_interval_with_several_processes(tiny_model, one
 
 # 6. Generate Samples outside training: the host's lock, its model unloaded, the pipeline freed ----------
 def test_samples_outside_training_take_the_lock_unload_and_free(tiny_model, demo_images, monkeypatch):
-    from dreambooth import actions, host, sample
+    from dreambooth.model import sampling
+    from dreambooth.platform import host
+    from dreambooth.service import operations
 
     events = []
 
@@ -442,16 +444,16 @@ def test_samples_outside_training_take_the_lock_unload_and_free(tiny_model, demo
 
     monkeypatch.setattr(host, "generation_lock", hook("lock"))
     monkeypatch.setattr(host, "vram_released", hook("unload"))
-    real_render, pipelines = sample.generate_samples, []
+    real_render, pipelines = sampling.render_samples, []
 
     def render(pipeline, *args, **kwargs):
         events.append("render")
         pipelines.append(weakref.ref(pipeline.unet))
         return real_render(pipeline, *args, **kwargs)
 
-    monkeypatch.setattr(sample, "generate_samples", render)
+    monkeypatch.setattr(sampling, "render_samples", render)
     cfg = quick_config(demo_images)
-    written = actions.generate_samples("tiny", cfg)
+    written = operations.generate_samples("tiny", cfg)
     assert written and written[0].is_file()
     assert events == ["lock+", "unload+", "render", "unload-", "lock-"]
     assert pipelines[0]() is None  # the pipeline's UNet is gone once the host's model returns

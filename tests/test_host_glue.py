@@ -90,7 +90,7 @@ def webui(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     yield Host(root, ext)
-    jobs = sys.modules.get("dreambooth.jobs")
+    jobs = sys.modules.get("dreambooth.service.jobs")
     if jobs is not None:
         jobs.runner().wait(10)
     for k in [k for k in sys.modules if _owned(k)]:
@@ -133,14 +133,14 @@ def test_tab_settings_routes_and_reload_keep_a_running_job(webui):
         assert webui.modules.call_queue.queue_lock.locked()  # training holds the generation lock
         release.wait(20)
 
-    jobs = sys.modules["dreambooth.jobs"]
+    jobs = sys.modules["dreambooth.service.jobs"]
     job = jobs.runner().start_training("demo", types.SimpleNamespace(num_train_epochs=2), train_fn=fake_train)
     first_script = webui.modules.scripts.loaded[0]
     for _ in range(2):
         tabs, app = webui.reload_ui()
         assert webui.modules.scripts.loaded[0] is not first_script
         assert _tab_ids(tabs) == [("Dreambooth", "dreambooth_interface")]
-        assert sys.modules["dreambooth.jobs"] is jobs
+        assert sys.modules["dreambooth.service.jobs"] is jobs
         for _ in range(100):
             if jobs.runner().status().state == "training":
                 break
@@ -154,7 +154,7 @@ def test_tab_settings_routes_and_reload_keep_a_running_job(webui):
 
 def test_host_adapter_paths_checkpoints_lock_and_vram_guard(webui):
     webui.load_scripts()
-    from dreambooth import host
+    from dreambooth.platform import host
 
     mods = webui.modules
     assert host.is_hosted()
@@ -294,7 +294,7 @@ def test_beside_the_older_extension_both_tabs_and_routes_answer_for_themselves(w
 def test_checkpoint_refresh_never_shows_txt2img_an_empty_list(webui):
     """The host's rescan empties the list first: it must run under the generation lock txt2img holds."""
     webui.load_scripts()
-    from dreambooth import host
+    from dreambooth.platform import host
 
     sd_models, queue_lock = webui.modules.sd_models, webui.modules.call_queue.queue_lock
     (webui.root / "models" / "Stable-diffusion" / "a.safetensors").write_bytes(b"x")
@@ -312,7 +312,7 @@ def test_checkpoint_refresh_never_shows_txt2img_an_empty_list(webui):
 
 def test_training_says_it_waits_for_a_running_generation(webui):
     webui.load_scripts()
-    import dreambooth.jobs as jobs
+    import dreambooth.service.jobs as jobs
 
     queue_lock = webui.modules.call_queue.queue_lock
     started = threading.Event()
@@ -339,7 +339,7 @@ def test_training_says_it_waits_for_a_running_generation(webui):
 
 
 def test_standalone_adapter_is_inert(tmp_path, monkeypatch):
-    from dreambooth import host
+    from dreambooth.platform import host
 
     if host.is_hosted():
         pytest.skip("a WebUI `modules.shared` is imported in this process")

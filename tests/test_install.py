@@ -160,7 +160,7 @@ def test_install_py_in_a_throwaway_host_venv(host):
 
 
 def _deps():
-    spec = importlib.util.spec_from_file_location("_deps_under_test", REPO / "dreambooth" / "deps.py")
+    spec = importlib.util.spec_from_file_location("_deps_under_test", REPO / "dreambooth" / "platform" / "deps.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -5,10 +5,11 @@ import time
 
 import pytest
 
-from dreambooth import actions, host
-from dreambooth.demo import DEMO_SETTINGS
+from dreambooth.platform import host
+from dreambooth.service import operations
+from dreambooth.tools.demo import DEMO_SETTINGS
 from dreambooth.errors import DreamboothError
-from dreambooth.jobs import runner
+from dreambooth.service.jobs import runner
 from dreambooth.ui import handlers
 
 
@@ -17,16 +18,16 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobs") / "models"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DREAMBOOTH_MODELS_DIR", str(root))
-        source = actions.ensure_embedded_source()
-        actions.create_model("j1", source, progress=lambda message: None)
+        source = operations.ensure_embedded_source()
+        operations.create_model("j1", source, progress=lambda message: None)
         yield "j1"
 
 
 def config(**changes):
-    cfg, _ = actions.load_params("j1")
+    cfg, _ = operations.load_params("j1")
     for key, value in {**DEMO_SETTINGS, **changes}.items():
         cfg.set(key, value)
-    cfg.set("concepts_list", [{"instance_data_dir": str(actions.demo_instance_dir()),
+    cfg.set("concepts_list", [{"instance_data_dir": str(operations.demo_instance_dir()),
                                "instance_prompt": "a photo of sks toy", "n_save_sample": 1, "sample_seed": 3,
                                "save_infer_steps": 2}])
     return cfg

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from dreambooth import modellock
+from dreambooth.platform import modellock
 from dreambooth.api import PREFIX, register_routes
 from dreambooth.cli import main
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def hold_lock_in_another_process(folder: Path, action: str = "train") -> subprocess.Popen:
     """A second process holding the model's lock (as a running `train` does), started without torch."""
-    code = ("import sys, time; from pathlib import Path; from dreambooth.modellock import model_lock\n"
+    code = ("import sys, time; from pathlib import Path; from dreambooth.platform.modellock import model_lock\n"
             f"with model_lock(Path({str(folder)!r}), {action!r}):\n"
             "    print('locked', flush=True); time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -113,7 +113,7 @@ def test_ckpt_during_training_goes_to_the_trainer(tiny_model, monkeypatch):
     import threading
 
     from dreambooth.config import TrainConfig
-    from dreambooth.jobs import runner
+    from dreambooth.service.jobs import runner
 
     release = threading.Event()
 

@@ -36,9 +36,9 @@ def _launch(args, models_root, tmp_path, timeout=240):
 
 
 def test_two_processes_train_save_once_and_resume_exactly(tiny_model, demo_images, models_root, tmp_path):
-    from dreambooth.actions import save_params
+    from dreambooth.service.operations import save_params
     from dreambooth.store import model_dir
-    from dreambooth.train.metrics import read_metrics
+    from dreambooth.monitor.metrics import read_metrics
     from dreambooth.train.snapshot import list_snapshots
 
     images = len(list(demo_images.glob("*.png")))
@@ -55,7 +55,7 @@ def test_two_processes_train_save_once_and_resume_exactly(tiny_model, demo_image
     assert f"done: {first} steps" in proc.stdout
     checkpoints = sorted(p.name for p in (models_root / "Stable-diffusion").iterdir())
     assert checkpoints == [f"tiny_{first}.safetensors"]
-    assert [p.name for p in list_snapshots(tiny_model.checkpoints)] == [f"checkpoint-{first}"]
+    assert [p.name for p in list_snapshots(tiny_model.snapshots)] == [f"snapshot-{first}"]
     assert sorted(p.name for p in tiny_model.samples.glob("*.png")) == [f"sample_{first}-0.png"]
     assert [row["step"] for row in read_metrics(tiny_model.logging)] == list(range(1, first + 1))
 

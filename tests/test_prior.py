@@ -9,7 +9,7 @@ from data_helpers import build, pairs_for, write_image
 from dreambooth.data.class_images import load_class_images
 from dreambooth.train.control import TrainControl
 from dreambooth.train.loop import Trainer
-from dreambooth.train.metrics import read_metrics
+from dreambooth.monitor.metrics import read_metrics
 
 
 def test_class_images_pair_round_robin_within_the_bucket(tmp_path, tiny_parts):
@@ -48,7 +48,7 @@ def _run(model, cfg):
 
 def test_class_images_generated_once_and_the_prior_weight_applies(models_root, tiny_checkpoint, demo_images,
                                                                   tmp_path):
-    from dreambooth.actions import create_model
+    from dreambooth.service.operations import create_model
 
     instances = tmp_path / "two"
     for path in sorted(demo_images.glob("*.png"))[:2]:

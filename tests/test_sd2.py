@@ -17,7 +17,7 @@ quiet = lambda message: None  # noqa: E731
 
 @pytest.fixture(scope="module")
 def sd2_checkpoints(tmp_path_factory):
-    from dreambooth.tiny import write_tiny_checkpoint
+    from dreambooth.model.tiny import write_tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("sd2_sources")
     return {preset: write_tiny_checkpoint(folder / f"{preset}.safetensors", preset=preset)
@@ -37,7 +37,7 @@ def test_single_file_layout_is_openclip(sd2_checkpoints):
 
 @pytest.mark.parametrize("preset,model_type,resolution", [("tiny-v2", "v2x-512", 512), ("tiny-v2v", "v2x", 768)])
 def test_create_detects_and_stores_model_type(sd2_checkpoints, models_root, preset, model_type, resolution):
-    from dreambooth.actions import create_model, load_params
+    from dreambooth.service.operations import create_model, load_params
     from dreambooth.convert.diffusers_io import load_components
 
     model = create_model("m", sd2_checkpoints[preset], progress=quiet)
@@ -66,7 +66,7 @@ def test_forward_pass_detection_without_metadata(sd2_checkpoints, tmp_path):
     from safetensors.torch import save_file
 
     from dreambooth.convert.v_prediction import looks_like_v_prediction, v_prediction_score
-    from dreambooth.tiny import build_components
+    from dreambooth.model.tiny import build_components
 
     tensors, _ = load_state_dict(sd2_checkpoints["tiny-v2"])
     tensors["model.diffusion_model.out.2.weight"] = torch.zeros_like(tensors["model.diffusion_model.out.2.weight"])
@@ -113,7 +113,7 @@ def _spied_trainer(model, cfg):
 
 
 def _first_step_losses(trainer, spy, model):
-    from dreambooth.train.metrics import read_metrics
+    from dreambooth.monitor.metrics import read_metrics
 
     latents, noise, timesteps = spy.calls[0]
     prediction = spy.predictions[0]
@@ -126,7 +126,7 @@ def _first_step_losses(trainer, spy, model):
 def test_v_prediction_model_trains_on_v_and_round_trips(sd2_checkpoints, models_root, one_image, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from dreambooth.actions import create_model, generate_ckpt, load_params
+    from dreambooth.service.operations import create_model, generate_ckpt, load_params
 
     model = create_model("vpred", sd2_checkpoints["tiny-v2v"], progress=quiet)
     cfg = quick_config(one_image, num_train_epochs=1, model_type="v2x", save_state_after=False,
@@ -176,7 +176,7 @@ def test_v_prediction_model_trains_on_v_and_round_trips(sd2_checkpoints, models_
 
 
 def test_epsilon_sd2_model_trains_on_noise(sd2_checkpoints, models_root, one_image):
-    from dreambooth.actions import create_model
+    from dreambooth.service.operations import create_model
 
     model = create_model("eps", sd2_checkpoints["tiny-v2"], progress=quiet)
     concept = {"instance_data_dir": str(one_image), "instance_prompt": "a photo of sks toy", "n_save_sample": 0}

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from dreambooth.api import PREFIX
-from dreambooth.pathpolicy import DATA_ROOTS_ENV
+from dreambooth.platform.pathpolicy import DATA_ROOTS_ENV
 
 USER, PASSWORD = "alice", "s3cret-pw"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
@@ -35,7 +35,7 @@ def report(attack: str, answer) -> None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_checkpoint, demo_images):
-    from dreambooth.actions import create_model
+    from dreambooth.service.operations import create_model
     from dreambooth.ui import compat
     from dreambooth.ui.server import serve
 

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dreambooth.convert.checkpoint_io import load_state_dict  # noqa: E402
 from dreambooth.errors import DreamboothError  # noqa: E402
-from dreambooth.tiny import PRESET_RESOLUTION, build_components, write_demo_images, write_tiny_checkpoint  # noqa: E402
+from dreambooth.model.tiny import PRESET_RESOLUTION, build_components, write_demo_images, write_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

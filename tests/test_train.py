@@ -9,7 +9,7 @@ from conftest import quick_config
 from dreambooth.errors import DreamboothError
 from dreambooth.train.control import TrainControl
 from dreambooth.train.loop import Trainer
-from dreambooth.train.metrics import read_metrics
+from dreambooth.monitor.metrics import read_metrics
 from dreambooth.train.plan import TrainPlan
 from dreambooth.train.snapshot import list_snapshots
 
@@ -38,7 +38,7 @@ def test_intervals_save_and_preview_each_epoch(tiny_model, demo_images, models_r
     assert all(p.is_file() for p in result.checkpoints)
     assert len(result.samples) == 2 and all(p.is_file() and p.with_suffix(".txt").is_file() for p in result.samples)
     assert {p.name for p in result.charts} == {"loss.png", "lr.png", "memory.png"}
-    assert [p.name for p in list_snapshots(tiny_model.checkpoints)] == [f"checkpoint-{2 * images}"]  # keep 1
+    assert [p.name for p in list_snapshots(tiny_model.snapshots)] == [f"snapshot-{2 * images}"]  # keep 1
     saved = json.loads(tiny_model.config_file.read_text())
     assert saved["revision"] == 2 * images and saved["epoch"] == 2
     rows = read_metrics(tiny_model.logging)
@@ -60,7 +60,7 @@ class CancelAtStep(TrainControl):
 
 
 def test_cancel_then_resume_matches_an_uninterrupted_run(models_root, tiny_checkpoint, demo_images):
-    from dreambooth.actions import create_model
+    from dreambooth.service.operations import create_model
 
     settings = dict(num_train_epochs=3, lr_scheduler="cosine", lr_warmup_steps=2, train_batch_size=2,
                     gradient_accumulation_steps=2, save_embedding_every=0, save_state_during=False)
@@ -83,6 +83,23 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(models_root, tiny_check
     assert [r["loss"] for r in rows_b] == pytest.approx([r["loss"] for r in rows_a], abs=1e-5)
 
 
+def test_a_snapshot_in_the_older_checkpoints_folder_is_resumed_then_pruned(tiny_model, demo_images):
+    settings = dict(num_train_epochs=1, save_embedding_every=0, snapshots_to_keep=1)
+    first = Trainer(tiny_model, quick_config(demo_images, **settings)).run()
+    (snapshot,) = first.snapshots
+    assert snapshot.parent == tiny_model.snapshots and snapshot.name == f"snapshot-{first.steps}"
+    # as an earlier version left it: checkpoints/checkpoint-<revision>/
+    tiny_model.older_snapshots.mkdir()
+    older = snapshot.rename(tiny_model.older_snapshots / f"checkpoint-{first.steps}")
+    logs = []
+    second = Trainer(tiny_model, quick_config(demo_images, **dict(settings, num_train_epochs=2)),
+                     TrainControl(on_log=logs.append), resume=True).run()
+    assert second.steps == 2 * first.steps
+    assert any(f"resumed from {older.name}: step {first.steps}" in line for line in logs)
+    assert list_snapshots(tiny_model.snapshots, tiny_model.older_snapshots) == second.snapshots  # keep 1
+    assert not older.exists() and second.snapshots[0].parent == tiny_model.snapshots
+
+
 def test_corrupt_image_is_skipped_with_a_warning(tiny_model, demo_images, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -102,7 +119,7 @@ def test_corrupt_image_is_skipped_with_a_warning(tiny_model, demo_images, tmp_pa
 def test_bad_instance_folder(tiny_model, tmp_path, make, message):
     with pytest.raises(DreamboothError, match=message):
         Trainer(tiny_model, quick_config(make(tmp_path))).run()
-    assert not list_snapshots(tiny_model.checkpoints)
+    assert not list_snapshots(tiny_model.snapshots)
 
 
 def test_pause_between_epochs_is_logged_and_cancel_ends_it(tiny_model, demo_images):

@@ -25,7 +25,7 @@ def test_ema_follows_its_decay(tiny_model, one_image):
     trainer = Trainer(tiny_model, cfg)
     result = trainer.run()
     assert result.steps == 2
-    first, second = [load_file(str(p / "unet.safetensors")) for p in list_snapshots(tiny_model.checkpoints)]
+    first, second = [load_file(str(p / "unet.safetensors")) for p in list_snapshots(tiny_model.snapshots)]
     names = [n for n, p in trainer.models.unet.named_parameters() if p.requires_grad]
     # diffusers' EMAModel: step 1 starts the average at the weights, step 2 uses min(0.9, 2/11)
     decay = 2 / 11
@@ -33,7 +33,7 @@ def test_ema_follows_its_decay(tiny_model, one_image):
         expected = decay * first[name] + (1 - decay) * second[name]
         assert torch.allclose(shadow.cpu(), expected, atol=1e-6), name
     assert any(p.name.endswith("_ema.safetensors") for p in (tiny_model.path.parents[1] / "Stable-diffusion").iterdir())
-    snapshot = list_snapshots(tiny_model.checkpoints)[-1]
+    snapshot = list_snapshots(tiny_model.snapshots)[-1]
     assert (snapshot / "ema_unet.safetensors").is_file()
 
 
@@ -45,7 +45,7 @@ def test_text_encoder_trains_only_for_its_fraction(tiny_model, one_image):
                        save_embedding_every=1, snapshots_to_keep=2, gradient_set_to_none=False)
     control_log = Trainer(tiny_model, cfg)
     control_log.run()
-    first, second = [load_file(str(p / "text_encoder.safetensors")) for p in list_snapshots(tiny_model.checkpoints)]
+    first, second = [load_file(str(p / "text_encoder.safetensors")) for p in list_snapshots(tiny_model.snapshots)]
     changed = [k for k in first if not torch.equal(first[k], initial[k].cpu())]
     assert changed, "the text encoder did not train in its epoch"
     assert all(torch.equal(first[k], second[k]) for k in first), "the text encoder moved after it was frozen"
@@ -65,7 +65,7 @@ def test_each_optimizer_steps_and_resumes(optimizer, tiny_model, demo_images):
     first = Trainer(tiny_model, quick_config(demo_images, **settings)).run()
     after = load_file(str(_unet_file(tiny_model)))
     assert first.steps == 2 and any(not torch.equal(before[k], after[k]) for k in before)
-    snapshot = list_snapshots(tiny_model.checkpoints)[-1]
+    snapshot = list_snapshots(tiny_model.snapshots)[-1]
     saved = torch.load(snapshot / "optimizer.pt", weights_only=True)
     assert saved["state"], "optimizer state missing from the snapshot"
 
@@ -83,7 +83,7 @@ def test_nan_loss_stops_without_touching_the_last_checkpoint(tiny_model, demo_im
     good = Trainer(tiny_model, quick_config(demo_images, num_train_epochs=1)).run()
     checkpoint = good.checkpoints[-1]
     digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (checkpoint, _unet_file(tiny_model))}
-    snapshots = list_snapshots(tiny_model.checkpoints)
+    snapshots = list_snapshots(tiny_model.snapshots)
 
     class Diverging(Trainer):
         """Training that blows up at step 2 (as a too-high learning rate in fp16 would)."""
@@ -97,7 +97,7 @@ def test_nan_loss_stops_without_touching_the_last_checkpoint(tiny_model, demo_im
     with pytest.raises(DreamboothError, match="NaN or infinite at step 3.*lower learning_rate"):
         Diverging(tiny_model, quick_config(demo_images, num_train_epochs=2, save_embedding_every=1)).run()
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in digest} == digest
-    assert list_snapshots(tiny_model.checkpoints) == snapshots
+    assert list_snapshots(tiny_model.snapshots) == snapshots
 
 
 def test_prior_term_is_weighted():
@@ -140,7 +140,7 @@ def test_resume_with_another_optimizer_is_a_clear_error(tiny_model, demo_images)
 
 
 def test_text_embeddings_are_cached_once_the_text_encoder_freezes(tiny_model, one_image):
-    from dreambooth.train.text import encode_text
+    from dreambooth.model.text import encode_text
 
     trainer = Trainer(tiny_model, quick_config(one_image, num_train_epochs=2, stop_text_encoder=0.5,
                                                txt_learning_rate=1e-3))

@@ -106,7 +106,7 @@ BAD = [
 
 @pytest.mark.parametrize("what,call,expected", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_a_readable_message(models, tmp_path, what, call, expected):
-    from dreambooth.jobs import runner
+    from dreambooth.service.jobs import runner
     from dreambooth.ui.tab import _run
 
     make_model(models)

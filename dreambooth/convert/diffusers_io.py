@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import DreamboothError
-from ..fsutil import atomic_dir, atomic_write_json
+from ..platform.fsutil import atomic_dir, atomic_write_json
 
 # Stable Diffusion 1.x's noise schedule, carried here rather than fetched.
 SCHEDULER_CONFIG = {

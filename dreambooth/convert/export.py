@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from ..errors import DreamboothError
-from ..diskspace import tensor_bytes
-from ..fsutil import atomic_path
+from ..platform.diskspace import tensor_bytes
+from ..platform.fsutil import atomic_path
 from .checkpoint_io import load_state_dict
 from .detect import CLIP_PREFIX
 from .ldm_infer import CONFIGS_METADATA_KEY

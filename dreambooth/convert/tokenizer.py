@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..fsutil import atomic_write_bytes, atomic_write_json
+from ..platform.fsutil import atomic_write_bytes, atomic_write_json
 
 BPE_FILE = Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 MERGE_COUNT = 49152 - 256 - 2  # CLIP's vocabulary size minus byte tokens minus the two specials

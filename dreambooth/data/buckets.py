@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..fsutil import atomic_write_json
+from ..platform.fsutil import atomic_write_json
 
 BUCKET_FILE = "bucket_counts.json"
 

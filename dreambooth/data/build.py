@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..train.text import encode_text
+from ..model.text import encode_text
 from .buckets import bucket_sizes, nearest_bucket
 from .cache import DiskCache, encode_rows, entry_key, file_digest, vae_fingerprint
 from .captions import warn_truncated

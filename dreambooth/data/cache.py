@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..fsutil import atomic_path
+from ..platform.fsutil import atomic_path
 from .buckets import to_unit_range
 
 ENCODE_PIXELS = 512 * 512  # pixels per VAE encode call while caching (see encode_chunk_size)

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..config import Concept
 from ..errors import DreamboothError
-from ..fsutil import atomic_path, atomic_write_text
+from ..platform.fsutil import atomic_path, atomic_write_text
 from .captions import FILEWORDS, build_caption, class_words
 from .dataset import TrainItem
 from .images import IMAGE_SUFFIXES, ImageInfo, probe_all

@@ -223,7 +223,7 @@ class TrainingSet:
         training (shuffled captions change per use and stay uncached)."""
         import torch
 
-        from ..train.text import encode_text
+        from ..model.text import encode_text
 
         if self.shuffle:
             return

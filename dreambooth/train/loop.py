@@ -10,17 +10,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import charts
 from ..config import TrainConfig, save_config
+from ..monitor import charts
+from ..monitor.metrics import MetricsLog, memory_mb
 from ..store import ModelDir
 from .control import TrainControl
-from .metrics import MetricsLog, memory_mb
 from .plan import TrainPlan, plan_from_config, shard_groups
 from .schedulers import build_lr_scheduler, spec_from_config
 from .ema import EMA, resolve_update_every
 from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
                     set_text_encoder_trainable, text_encoder_epochs)
-from .step import micro_batch_loss
+from .step import StepInputs, micro_batch_loss
 
 LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
 
@@ -66,8 +66,8 @@ class Trainer:
         import torch
 
         from ..data.dataset import collect_items
-        from ..data.prepare import prepare_training_set
-        from ..train.optimizers import build_optimizer
+        from ..data.prepare import PreparationInputs, prepare_training_set
+        from .optimizers import build_optimizer
 
         cfg, control = self.cfg, self.control
         control.update(state="preparing", model_name=self.model.name, started_at=time.time())
@@ -83,7 +83,12 @@ class Trainer:
         if cast:
             self.log(f"frozen {' and '.join(cast)} in {accelerator.mixed_precision} (they never train)")
         # buckets, class images (generated when missing), bucket report, latent and text caches
-        self.training_set = prepare_training_set(self, concepts, pairs)
+        preparation = PreparationInputs(
+            cfg=cfg, model=self.model, models=models, device=self.device, class_image_seed=pick_seed(cfg.seed),
+            is_main_process=accelerator.is_main_process, wait_for_everyone=accelerator.wait_for_everyone,
+            autocast=accelerator.autocast, log=self.log, set_state=lambda state: control.update(state=state),
+            canceled=control.cancel_requested.is_set)
+        self.training_set = prepare_training_set(preparation, concepts, pairs)
         self._offload_frozen(text_encoder_frozen)
         self.first_captions = {}  # each concept's first caption: the default sample prompt
         for item in self.training_set.items:
@@ -119,6 +124,11 @@ class Trainer:
         self.noise_scheduler = DDPMScheduler.from_config(models.scheduler_config)
         self.seed = pick_seed(cfg.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.step_inputs = StepInputs(
+            training_set=self.training_set, unet=self.unet, text_encoder=self.text_encoder,
+            frozen_text_encoder=models.text_encoder, noise_scheduler=self.noise_scheduler, generator=self.generator,
+            clip_skip=cfg.clip_skip, offset_noise=cfg.offset_noise, min_snr_gamma=cfg.min_snr_gamma,
+            prior_loss_weight=cfg.prior_loss_weight)
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss so far
         self.global_step = 0
         self.start_revision = cfg.revision
@@ -135,59 +145,15 @@ class Trainer:
                  f"device {self.device}, precision {accelerator.mixed_precision}, attention {models.attention}")
 
     def _restore(self) -> None:
-        from ..errors import DreamboothError
-        from .snapshot import latest_snapshot, load_snapshot
+        from .resume import restore
 
-        path = latest_snapshot(self.model.checkpoints)
-        if path is None:
-            raise DreamboothError(f"no snapshot to resume in {self.model.checkpoints}: train without --resume")
-        snap = load_snapshot(path)
-        state = snap["state"]
-        self.accelerator.unwrap_model(self.unet).load_state_dict(snap["weights"]["unet"])
-        if "text_encoder" in snap["weights"]:
-            from ..convert.diffusers_io import load_text_encoder_weights
-
-            load_text_encoder_weights(self.models.text_encoder, snap["weights"]["text_encoder"])
-        if self.ema is not None and "ema_unet" in snap["weights"]:
-            self.ema.load_state_dict(snap["weights"]["ema_unet"], step_if_missing=state["global_step"])
-        saved_with = state.get("optimizer", self.cfg.optimizer)
-        if saved_with != self.cfg.optimizer:
-            raise DreamboothError(
-                f"snapshot {path.name} holds {saved_with} state, but optimizer is {self.cfg.optimizer}: set "
-                f"optimizer back to {saved_with}, or train without --resume", field="optimizer")
-        try:
-            self.optimizer.load_state_dict(snap["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise DreamboothError(
-                f"snapshot {path.name} was saved with other optimizer settings ({error}): use the optimizer and "
-                "stop_text_encoder it was trained with, or train without --resume", field="optimizer") from None
-        self.lr_scheduler.load_state_dict(snap["scheduler"])
-        self._apply_configured_lr()
-        self.generator.set_state(snap["generator"])
-        self.seed = state["seed"]
-        self.global_step = state["global_step"]
-        self.start_revision = state["revision"] - state["global_step"]
-        self.start_epoch = state["epochs_done"]
-        self.skip_batches = state["batches_done_in_epoch"]
-        self.log(f"resumed from {path.name}: step {self.global_step}, epoch {self.start_epoch}")
-
-    def _apply_configured_lr(self) -> None:
-        """A resumed run trains at the learning rates db_config.json shows: the snapshot's optimizer and
-        scheduler carry the old ones, so a changed value is applied (and said) instead of silently lost."""
-        wanted = [self.cfg.learning_rate, self.cfg.txt_learning_rate][:len(self.optimizer.param_groups)]
-        saved = list(self.lr_scheduler.base_lrs)
-        if all(abs(a - b) <= 1e-12 * max(abs(a), abs(b)) for a, b in zip(saved, wanted)):
-            return
-        names = ["learning_rate", "txt_learning_rate"]
-        changes = [f"{names[i]} {old:g} -> {new:g}" for i, (old, new) in enumerate(zip(saved, wanted)) if old != new]
-        self.lr_scheduler.base_lrs = list(wanted)
-        factors = [fn(self.lr_scheduler.last_epoch) for fn in self.lr_scheduler.lr_lambdas]
-        for group, base, factor in zip(self.optimizer.param_groups, wanted, factors):
-            group["initial_lr"] = base
-            group["lr"] = base * factor
-        self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        self.log(f"resume: the snapshot trained with other learning rates; continuing with db_config.json's "
-                 f"({'; '.join(changes)})")
+        counters = restore(self.model, self.cfg, self.accelerator.unwrap_model(self.unet), self.models.text_encoder,
+                           self.ema, self.optimizer, self.lr_scheduler, self.generator, self.log)
+        self.seed = counters.seed
+        self.global_step = counters.global_step
+        self.start_revision = counters.start_revision
+        self.start_epoch = counters.epochs_done
+        self.skip_batches = counters.batches_done_in_epoch
 
     # the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -264,7 +230,7 @@ class Trainer:
             last = index == len(group) - 1
             sync = accelerator.no_sync(unet) if not last and accelerator.num_processes > 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                loss, _, prior_part = micro_batch_loss(self, indices)
+                loss, _, prior_part = micro_batch_loss(self.step_inputs, indices, self.text_encoder_training)
                 loss = loss / len(group)
                 accelerator.backward(loss)
             total_loss = total_loss + loss.detach()
@@ -414,7 +380,7 @@ class Trainer:
 
     def _save(self, reason: str) -> None:
         """Write what the saving switches ask for at this point: working weights, checkpoint, snapshot."""
-        from .saving import save_training_state
+        from .saving import SaveInputs, save_training_state
 
         want_ckpt = getattr(self.cfg, f"save_ckpt_{reason}")
         want_state = getattr(self.cfg, f"save_state_{reason}")
@@ -423,7 +389,14 @@ class Trainer:
         self._check_weights_finite()
         self.control.update(state="saving")
         if self.accelerator.is_main_process:
-            checkpoint, snapshot = save_training_state(self, want_ckpt, want_state)
+            state = SaveInputs(
+                model=self.model, cfg=self.cfg, revision=self.revision,
+                unet=self.accelerator.unwrap_model(self.unet), vae=self.models.vae,
+                text_encoder=self.models.text_encoder, text_encoder_trained=self.text_encoder_epochs > 0,
+                frozen_cast=self.frozen_cast, ema=self.ema, optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler, generator=self.generator, resume_state=self.snapshot_state(),
+                save_config=self.save_config, log=self.log)
+            checkpoint, snapshot = save_training_state(state, want_ckpt, want_state)
             if checkpoint is not None:
                 self.result.checkpoints.append(checkpoint)
                 self.control.update(checkpoints=[str(p) for p in self.result.checkpoints])
@@ -433,13 +406,17 @@ class Trainer:
         self.control.update(state="training")
 
     def _preview(self) -> None:
-        from .saving import write_previews
+        from .saving import PreviewInputs, write_previews
 
         if not self.accelerator.is_main_process:
             return
         self.control.update(state="sampling")
+        preview = PreviewInputs(
+            model=self.model, cfg=self.cfg, concepts=self.concepts, first_captions=self.first_captions,
+            unet=self.accelerator.unwrap_model(self.unet), models=self.models, ema=self.ema, revision=self.revision,
+            step=self.global_step, device=self.device, autocast=self.accelerator.autocast, log=self.log)
         with self._frozen_on_device():
-            samples = write_previews(self)
+            samples = write_previews(preview)
         self.result.samples.extend(samples)
         drawn = charts.draw_charts(self.model.logging, self.model.name)
         self.result.charts = drawn
@@ -480,7 +457,3 @@ class Trainer:
         self.cfg.revision = self.revision
         save_config(self.cfg, self.model.config_file)
 
-
-def train_model(model: ModelDir, cfg: TrainConfig, control: TrainControl | None = None,
-                resume: bool = False) -> TrainResult:
-    return Trainer(model, cfg, control, resume).run()

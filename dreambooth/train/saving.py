@@ -2,70 +2,108 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager
 
-from ..diskspace import tensor_bytes
-from ..fsutil import atomic_dir
+from ..config import Concept, TrainConfig
+from ..platform.diskspace import tensor_bytes
+from ..platform.fsutil import atomic_dir
+from ..store import ModelDir
 
 
-def save_training_state(trainer, want_checkpoint: bool, want_snapshot: bool) -> tuple[Path | None, Path | None]:
+@dataclass
+class SaveInputs:
+    """The trained state at one step, as a save needs it."""
+    model: ModelDir
+    cfg: TrainConfig
+    revision: int
+    unet: object                   # the plain module (unwrapped from accelerate)
+    vae: object
+    text_encoder: object
+    text_encoder_trained: bool     # this run trains (or trained) the text encoder
+    frozen_cast: list[str]         # frozen modules held in the compute dtype: exported from working/ instead
+    ema: object | None             # train.ema.EMA
+    optimizer: object
+    lr_scheduler: object
+    generator: object
+    resume_state: dict             # the counters a snapshot needs to continue exactly
+    save_config: Callable[[], None]
+    log: Callable[[str], None]
+
+
+@dataclass
+class PreviewInputs:
+    """What the preview images at one step are made from."""
+    model: ModelDir
+    cfg: TrainConfig
+    concepts: list[Concept]
+    first_captions: dict[int, str]  # each concept's first caption: the default sample prompt
+    unet: object                    # the plain module
+    models: object                  # vae, text_encoder, tokenizer, scheduler_config
+    ema: object | None
+    revision: int
+    step: int
+    device: object
+    autocast: Callable[[], ContextManager]
+    log: Callable[[str], None]
+
+
+def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot: bool) -> tuple[Path | None, Path | None]:
     """Update working/ with the trained weights, then write the checkpoint and snapshot asked for.
 
     working/ is always updated so that Generate Ckpt and the next run start from the latest weights.
     """
-    from ..ckpt import export_checkpoint
     from ..convert.diffusers_io import save_text_encoder
+    from ..model.publish import export_checkpoint
     from .snapshot import save_snapshot
 
-    unet = trainer.accelerator.unwrap_model(trainer.unet)
-    text_encoder = trainer.models.text_encoder
-    text_encoder_trained = trainer.text_encoder_epochs > 0
-    with atomic_dir(trainer.model.working / "unet", need=tensor_bytes(unet.state_dict())) as tmp:
+    model, cfg, unet, text_encoder = state.model, state.cfg, state.unet, state.text_encoder
+    with atomic_dir(model.working / "unet", need=tensor_bytes(unet.state_dict())) as tmp:
         unet.save_pretrained(tmp)
-    if text_encoder_trained:
-        with atomic_dir(trainer.model.working / "text_encoder") as tmp:
+    if state.text_encoder_trained:
+        with atomic_dir(model.working / "text_encoder") as tmp:
             save_text_encoder(tmp, text_encoder)
-    trainer.save_config()
+    state.save_config()
     checkpoint = snapshot = None
     if want_checkpoint:
         # frozen modules kept in the compute dtype are exported from working/ (their fp32 originals)
-        cast = getattr(trainer, "frozen_cast", [])
         modules = {"unet": unet}
-        if "vae" not in cast:
-            modules["vae"] = trainer.models.vae
-        if text_encoder_trained or "text_encoder" not in cast:
+        if "vae" not in state.frozen_cast:
+            modules["vae"] = state.vae
+        if state.text_encoder_trained or "text_encoder" not in state.frozen_cast:
             modules["text_encoder"] = text_encoder
-        checkpoint = export_checkpoint(trainer.model, trainer.cfg, trainer.revision, modules)
-        trainer.log(f"saved checkpoint {checkpoint}")
-        if trainer.ema is not None and trainer.cfg.save_ema:
-            with trainer.ema.applied():
-                ema_file = export_checkpoint(trainer.model, trainer.cfg, trainer.revision, modules, suffix="_ema")
-            trainer.log(f"saved EMA checkpoint {ema_file}")
+        checkpoint = export_checkpoint(model, cfg, state.revision, modules)
+        state.log(f"saved checkpoint {checkpoint}")
+        if state.ema is not None and cfg.save_ema:
+            with state.ema.applied():
+                ema_file = export_checkpoint(model, cfg, state.revision, modules, suffix="_ema")
+            state.log(f"saved EMA checkpoint {ema_file}")
     if want_snapshot:
         trained = {"unet": unet}
-        if text_encoder_trained:
+        if state.text_encoder_trained:
             trained["text_encoder"] = text_encoder
-        if trainer.ema is not None:
-            trained["ema_unet"] = trainer.ema
-        snapshot = save_snapshot(trainer.model.checkpoints, trainer.revision, trained, trainer.optimizer,
-                                 trainer.lr_scheduler, trainer.generator, trainer.snapshot_state(),
-                                 trainer.cfg.snapshots_to_keep)
-        trainer.log(f"saved resume snapshot {snapshot.name}")
+        if state.ema is not None:
+            trained["ema_unet"] = state.ema
+        snapshot = save_snapshot(model.snapshots, state.revision, trained, state.optimizer, state.lr_scheduler,
+                                 state.generator, state.resume_state, cfg.snapshots_to_keep,
+                                 older_folders=(model.older_snapshots,))
+        state.log(f"saved resume snapshot {snapshot.name}")
     return checkpoint, snapshot
 
 
-def write_previews(trainer) -> list[Path]:
-    from ..sample import build_pipeline, generate_samples, sample_requests
+def write_previews(preview: PreviewInputs) -> list[Path]:
+    from ..model.sampling import build_pipeline, render_samples, sample_requests
 
-    requests = sample_requests(trainer.concepts, trainer.first_captions)
+    requests = sample_requests(preview.concepts, preview.first_captions)
     if not requests:
         return []
-    models = trainer.models
-    pipeline = build_pipeline(trainer.accelerator.unwrap_model(trainer.unet), models.vae, models.text_encoder,
-                              models.tokenizer, models.scheduler_config)
-    use_ema = trainer.ema is not None and trainer.cfg.infer_ema
-    with trainer.accelerator.autocast(), (trainer.ema.applied() if use_ema else contextlib.nullcontext()):
-        written = generate_samples(pipeline, requests, trainer.cfg.resolution, trainer.model.samples,
-                                   str(trainer.revision), trainer.device, clip_skip=trainer.cfg.clip_skip)
-    trainer.log(f"saved {len(written)} sample(s) at step {trainer.global_step}" + (" (EMA weights)" if use_ema else ""))
+    models, cfg = preview.models, preview.cfg
+    pipeline = build_pipeline(preview.unet, models.vae, models.text_encoder, models.tokenizer,
+                              models.scheduler_config)
+    use_ema = preview.ema is not None and cfg.infer_ema
+    with preview.autocast(), (preview.ema.applied() if use_ema else contextlib.nullcontext()):
+        written = render_samples(pipeline, requests, cfg.resolution, preview.model.samples, str(preview.revision),
+                                 preview.device, clip_skip=cfg.clip_skip)
+    preview.log(f"saved {len(written)} sample(s) at step {preview.step}" + (" (EMA weights)" if use_ema else ""))
     return written

@@ -1,6 +1,7 @@
-"""Resume snapshots: `checkpoints/checkpoint-<revision>/` with everything needed to continue exactly.
+"""Resume snapshots: `snapshots/snapshot-<revision>/` with everything needed to continue exactly.
 
-Contents: the trained UNet weights, optimizer and LR-scheduler state, the noise generator's state and a
+Earlier versions wrote `checkpoints/checkpoint-<revision>/`; those are still listed, resumed from and pruned,
+but new snapshots always go to `snapshots/`. Contents: the trained UNet weights, optimizer and LR-scheduler state, the noise generator's state and a
 small JSON of counters. Written as a whole directory (atomic); loaded without unpickling code.
 """
 from __future__ import annotations
@@ -9,32 +10,42 @@ import json
 import shutil
 from pathlib import Path
 
-from ..diskspace import tensor_bytes
+from ..platform.diskspace import tensor_bytes
 from ..errors import DreamboothError
-from ..fsutil import atomic_dir
+from ..platform.fsutil import atomic_dir
 
-PREFIX = "checkpoint-"
+PREFIX = "snapshot-"
+OLDER_PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
 
 
-def list_snapshots(folder: Path) -> list[Path]:
-    """Complete snapshots, oldest first (by revision)."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir()
-             if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
-             and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+def _revision(path: Path) -> int | None:
+    for prefix in (PREFIX, OLDER_PREFIX):
+        rest = path.name[len(prefix):]
+        if path.name.startswith(prefix) and rest.isdigit():
+            return int(rest)
+    return None
 
 
-def latest_snapshot(folder: Path) -> Path | None:
-    snapshots = list_snapshots(folder)
+def list_snapshots(folder: Path, *older_folders: Path) -> list[Path]:
+    """Complete snapshots in `folder` and the older layout's folders, oldest first (by revision)."""
+    found = []
+    for where in (folder, *older_folders):
+        if where.is_dir():
+            found += [p for p in where.iterdir()
+                      if p.is_dir() and _revision(p) is not None and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: (_revision(p), p.parent == folder))
+
+
+def latest_snapshot(folder: Path, *older_folders: Path) -> Path | None:
+    snapshots = list_snapshots(folder, *older_folders)
     return snapshots[-1] if snapshots else None
 
 
 def save_snapshot(folder: Path, revision: int, trained: dict, optimizer, lr_scheduler, generator,
-                  state: dict, keep: int) -> Path:
-    """Write one snapshot, then delete all but the newest `keep` (at least this one stays).
+                  state: dict, keep: int, older_folders: tuple[Path, ...] = ()) -> Path:
+    """Write one snapshot, then delete all but the newest `keep` (at least this one stays; snapshots in
+    `older_folders` count, oldest first).
 
     Older snapshots are removed only after the new one is complete (renamed into place, state file
     present) and its weights were checked finite while being written."""
@@ -55,7 +66,7 @@ def save_snapshot(folder: Path, revision: int, trained: dict, optimizer, lr_sche
         torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"generator": generator.get_state()}, tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(dict(state, revision=revision), indent=2), encoding="utf-8")
-    complete = list_snapshots(folder)
+    complete = list_snapshots(folder, *older_folders)
     if target not in complete:  # never prune while the new one is not in place
         raise DreamboothError(f"snapshot {target} is incomplete after writing; the older snapshots are kept")
     for old in complete[:-max(1, keep)]:

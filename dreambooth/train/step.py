@@ -1,36 +1,52 @@
 """The loss of one micro-batch: conditioning, noise, target, prediction and the weighted Dreambooth loss."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..model.text import encode_text
 from .losses import dreambooth_loss, make_noise, min_snr_weights, target_for
-from .text import encode_text
 
 
-def conditioning(trainer, batch):
+@dataclass
+class StepInputs:
+    """Everything a training step reads; the trainer builds it once the models and data are ready."""
+    training_set: object          # data.dataset.TrainingSet
+    unet: object                  # as prepared by accelerate (it may wrap the module)
+    text_encoder: object          # as prepared when it trains; the plain module otherwise
+    frozen_text_encoder: object   # the plain module, for encodes without gradients
+    noise_scheduler: object       # diffusers DDPMScheduler
+    generator: object             # torch.Generator: noise and timesteps
+    clip_skip: int
+    offset_noise: float
+    min_snr_gamma: float
+    prior_loss_weight: float
+
+
+def conditioning(inputs: StepInputs, batch, text_encoder_training: bool):
     """Cached embeddings while the text encoder is frozen; a fresh (differentiable) encode while it trains."""
     import torch
 
-    clip_skip = trainer.cfg.clip_skip
-    if trainer.text_encoder_training:
-        return encode_text(trainer.text_encoder, batch.input_ids, clip_skip)
+    if text_encoder_training:
+        return encode_text(inputs.text_encoder, batch.input_ids, inputs.clip_skip)
     if batch.embeddings is not None:
         return batch.embeddings
     with torch.no_grad():
-        return encode_text(trainer.models.text_encoder, batch.input_ids, clip_skip)
+        return encode_text(inputs.frozen_text_encoder, batch.input_ids, inputs.clip_skip)
 
 
-def micro_batch_loss(trainer, indices: list[int]):
+def micro_batch_loss(inputs: StepInputs, indices: list[int], text_encoder_training: bool):
     """(loss, instance part, prior part) for one micro-batch of item indices."""
     import torch
 
-    cfg, scheduler, generator = trainer.cfg, trainer.noise_scheduler, trainer.generator
-    batch = trainer.training_set.batch(indices, generator)
+    scheduler, generator = inputs.noise_scheduler, inputs.generator
+    batch = inputs.training_set.batch(indices, generator)
     latents = batch.latents
-    embeddings = conditioning(trainer, batch)
-    noise = make_noise(latents, generator, cfg.offset_noise)
+    embeddings = conditioning(inputs, batch, text_encoder_training)
+    noise = make_noise(latents, generator, inputs.offset_noise)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator,
                               device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = target_for(scheduler, latents, noise, timesteps)
-    prediction = trainer.unet(noisy, timesteps, embeddings).sample
-    weights = min_snr_weights(scheduler, timesteps, cfg.min_snr_gamma) if cfg.min_snr_gamma > 0 else None
-    return dreambooth_loss(prediction, target, batch.prior, cfg.prior_loss_weight, weights)
+    prediction = inputs.unet(noisy, timesteps, embeddings).sample
+    weights = min_snr_weights(scheduler, timesteps, inputs.min_snr_gamma) if inputs.min_snr_gamma > 0 else None
+    return dreambooth_loss(prediction, target, batch.prior, inputs.prior_loss_weight, weights)

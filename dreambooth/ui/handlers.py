@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import actions, host, modellock, pathpolicy
+from ..platform import host, modellock, pathpolicy
+from ..service import operations
 from ..config import TrainConfig
 from ..errors import DreamboothError
 from ..data.dataset import check_concepts
-from ..jobs import runner
+from ..service.jobs import runner
 from ..registry import CONCEPT_FIELDS, FIELDS
 from ..store import model_dir
 
@@ -41,7 +42,7 @@ def values_to_config(model: str, values: dict) -> TrainConfig:
     """A TrainConfig from widget values, on top of the model's saved bookkeeping (type, source, revision)."""
     cfg = TrainConfig()
     if model_dir(model).config_file.is_file():  # else: a model without saved params, default bookkeeping
-        saved, _ = actions.load_params(model)
+        saved, _ = operations.load_params(model)
         for field in FIELDS:
             if field.hidden:
                 cfg.set(field.name, getattr(saved, field.name))
@@ -91,13 +92,13 @@ def default_values() -> dict:
 def save_params(model: str, values: dict) -> str:
     model = _require_model(model)
     cfg = values_to_config(model, values)
-    path = actions.save_params(model, cfg)
+    path = operations.save_params(model, cfg)
     return f"params of '{model}' saved to {path}"
 
 
 def load_params(model: str) -> tuple[dict, str]:
     model = _require_model(model)
-    cfg, warnings = actions.load_params(model)
+    cfg, warnings = operations.load_params(model)
     values, more = config_to_values(cfg)
     lines = [f"params of '{model}' loaded (model type {cfg.model_type}, revision {cfg.revision}, "
              f"epoch {cfg.epoch})"] + [f"warning: {w}" for w in warnings + more]
@@ -108,7 +109,7 @@ def model_info(model: str | None) -> str:
     if not (model or "").strip():
         return "no model selected"
     try:
-        cfg, _ = actions.load_params(model)
+        cfg, _ = operations.load_params(model)
     except DreamboothError as error:
         return str(error)
     return (f"{model}: type {cfg.model_type} · revision {cfg.revision} · epoch {cfg.epoch} · "
@@ -127,9 +128,9 @@ def create_model(name: str, source: str, model_type: str = "detect") -> str:
 
     source = pathpolicy.check_source(source)
     with runner().exclusive("create", name or "?"):
-        actions.create_model(name, source, progress=progress,
+        operations.create_model(name, source, progress=progress,
                              model_type=None if model_type in (None, "", "detect") else model_type)
-    if Path(str(source)).name == actions.EMBEDDED_CHECKPOINT:
+    if Path(str(source)).name == operations.EMBEDDED_CHECKPOINT:
         _apply_demo_settings(name)
         return (f"model '{name}' created from the embedded tiny demo checkpoint, with demo images as "
                 "Concept 1 and CPU-friendly settings: press Train")
@@ -138,15 +139,15 @@ def create_model(name: str, source: str, model_type: str = "detect") -> str:
 
 def _apply_demo_settings(name: str) -> None:
     """A model made from the embedded demo checkpoint gets the demo's concept and small settings."""
-    from ..demo import DEMO_SETTINGS
+    from ..tools.demo import DEMO_SETTINGS
 
-    cfg, _ = actions.load_params(name)
+    cfg, _ = operations.load_params(name)
     for key, value in DEMO_SETTINGS.items():
         cfg.set(key, value)
-    cfg.set("concepts_list", [{"instance_data_dir": str(actions.demo_instance_dir()),
+    cfg.set("concepts_list", [{"instance_data_dir": str(operations.demo_instance_dir()),
                                "instance_prompt": "a photo of sks toy", "n_save_sample": 1, "sample_seed": 7,
                                "save_infer_steps": 10}])
-    actions.save_params(name, cfg)
+    operations.save_params(name, cfg)
 
 
 def train(model: str, values: dict, resume: bool = False) -> str:
@@ -174,7 +175,7 @@ def generate_samples(model: str, values: dict) -> tuple[list[str], str]:
     cfg = values_to_config(model, values)
     check_concepts(cfg.concepts())
     with runner().exclusive("samples", model) as job:
-        paths = actions.generate_samples(model, cfg, job.control)
+        paths = operations.generate_samples(model, cfg, job.control)
         job.control.update(samples=[str(p) for p in paths])
     return [str(p) for p in paths], f"{len(paths)} sample(s) generated for '{model}'"
 
@@ -185,7 +186,7 @@ def generate_ckpt(model: str) -> str:
         return message
     model = _require_model(model)
     with runner().exclusive("checkpoint", model) as job:
-        path = actions.generate_ckpt(model)
+        path = operations.generate_ckpt(model)
         job.control.update(checkpoints=[str(path)])  # the export refreshed the WebUI's list
     runner().note(f"checkpoint written: {path}")
     return f"checkpoint written: {path} (select it in txt2img)"
@@ -240,7 +241,7 @@ def source_choices() -> list[str]:
     """Source checkpoints as names relative to the checkpoint folder (full paths for others)."""
     base = host.checkpoint_dir()
     names = []
-    for path in actions.list_source_checkpoints():
+    for path in operations.list_source_checkpoints():
         path = Path(path)
         try:
             names.append(str(path.resolve().relative_to(base.resolve())))

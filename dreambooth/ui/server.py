@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from .. import host
+from ..platform import host
 from ..errors import DreamboothError
-from ..pathpolicy import DATA_ROOTS_ENV
+from ..platform.pathpolicy import DATA_ROOTS_ENV
 
 STYLE_CSS = Path(__file__).resolve().parents[2] / "style.css"
 
@@ -27,12 +27,12 @@ def build_app(css: str | None = None):
 
 def prepare_sources() -> None:
     """With an empty checkpoint folder, provide the embedded tiny checkpoint so Create works at once."""
-    from .. import actions
+    from ..service import operations
 
-    if actions.list_source_checkpoints():
+    if operations.list_source_checkpoints():
         return
     try:
-        path = actions.ensure_embedded_source()
+        path = operations.ensure_embedded_source()
     except Exception as error:  # the tab still serves; Create then lists no sources
         print(f"dreambooth: could not write the tiny demo checkpoint: {type(error).__name__}: {error}")
         return

@@ -42,7 +42,7 @@ def add_settings(shared) -> None:
 
 def option(key: str):
     """A Dreambooth option's value: the WebUI's setting when hosted, else its default."""
-    from .. import host
+    from ..platform import host
 
     default = OPTIONS[key][0]
     getter = getattr(host, "host_option", None)

@@ -13,8 +13,8 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import DreamboothError
-from ..jobs import runner
-from .. import deps
+from ..service.jobs import runner
+from ..platform import deps
 from . import compat, handlers
 from .concepts_panel import build_concepts_panel
 from .params_panel import build_params_panel

@@ -12,7 +12,7 @@ from test_tab_browser import ARGS, CHROMIUM, free_port, pytestmark, text_of  # n
 def test_close_returns_while_a_page_polls(tmp_path, monkeypatch):
     from playwright.sync_api import sync_playwright
 
-    from dreambooth.jobs import runner
+    from dreambooth.service.jobs import runner
     from dreambooth.ui.server import serve
 
     monkeypatch.setenv("DREAMBOOTH_MODELS_DIR", str(tmp_path / "models"))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fsutil import atomic_path
-from .train.metrics import read_metrics
+from ..platform.fsutil import atomic_path
+from .metrics import read_metrics
 
 SMOOTHING_WINDOW = 50
 

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from ..fsutil import atomic_path
+from ..platform.fsutil import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
 

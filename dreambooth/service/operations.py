@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import host
-from .config import TrainConfig, load_config, save_config
-from .errors import DreamboothError, shorten
-from .fsutil import atomic_dir, atomic_write_json
-from .leftovers import is_hidden, is_temp_name, remove_stale_temps
-from .modellock import LOCK_FILE, is_main_process, model_lock
-from .store import ModelDir, list_models, model_dir
+from ..platform import host
+from ..config import TrainConfig, load_config, save_config
+from ..errors import DreamboothError, shorten
+from ..platform.fsutil import atomic_dir, atomic_write_json
+from ..platform.leftovers import is_hidden, is_temp_name, remove_stale_temps
+from ..platform.modellock import LOCK_FILE, is_main_process, model_lock
+from ..store import ModelDir, list_models, model_dir
 
 EMBEDDED_CHECKPOINT = "dreambooth-tiny-demo.safetensors"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -79,8 +79,8 @@ def create_model(name: str, source: str | Path, progress: Callable[[str], None] 
     if model.exists() or _folder_in_use(model):
         raise DreamboothError(f"a model named '{model.name}' already exists: choose another name", field="model_name")
     path = resolve_source(source)
-    from .convert.create import create_working
-    from .diskspace import require_space
+    from ..convert.create import create_working
+    from ..platform.diskspace import require_space
 
     require_space(model.path.parent, _size(path), f"writing {model.name}/")  # before any folder is made
     with locked(model, "create"):
@@ -121,8 +121,8 @@ def _backup_params(model: ModelDir, cfg: TrainConfig) -> None:
 
 def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume: bool = False):
     """Train with `cfg` (default: the saved params), saving those params first so the run is reproducible."""
-    from .data.dataset import check_concepts
-    from .train.loop import train_model as run_training
+    from ..data.dataset import check_concepts
+    from ..train.loop import Trainer
 
     model = model_dir(name).require()
     if cfg is None:
@@ -133,25 +133,25 @@ def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume:
         if is_main_process():
             save_config(cfg, model.config_file)
             _backup_params(model, cfg)
-        return run_training(model, cfg, control, resume)
+        return Trainer(model, cfg, control, resume).run()
 
 
 def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = None) -> Path:
-    from .ckpt import generate_ckpt as export
+    from ..model.publish import publish_working
 
     model = model_dir(name).require()
     with locked(model, "Generate Ckpt"):
         cfg, _ = load_config(model.config_file)
-        return export(model, cfg, half, subdir)
+        return publish_working(model, cfg, half, subdir)
 
 
 def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) -> list[Path]:
     """Previews from the saved working weights, outside training."""
-    from .convert.diffusers_io import load_components
-    from .data.captions import build_caption
-    from .data.dataset import check_concepts
-    from .data.images import find_images
-    from .sample import build_pipeline, generate_samples as render, sample_requests
+    from ..convert.diffusers_io import load_components
+    from ..data.captions import build_caption
+    from ..data.dataset import check_concepts
+    from ..data.images import find_images
+    from ..model.sampling import build_pipeline, render_samples, sample_requests
 
     model = model_dir(name).require()
     if cfg is None:
@@ -176,7 +176,7 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
         _place(parts[:3], device, sample_dtype(cfg.mixed_precision, device))
         pipeline = build_pipeline(*parts[:4], dict(parts[4]))
         try:
-            written = render(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", device,
+            written = render_samples(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", device,
                              clip_skip=cfg.clip_skip)
         finally:  # free the pipeline before the WebUI's model comes back
             del pipeline, parts
@@ -217,7 +217,7 @@ def list_source_checkpoints() -> list[Path]:
 
 def ensure_embedded_source() -> Path:
     """Standalone newcomers get the embedded tiny checkpoint as a source when they have none."""
-    from .tiny import write_tiny_checkpoint
+    from ..model.tiny import write_tiny_checkpoint
 
     path = host.checkpoint_dir() / EMBEDDED_CHECKPOINT
     if not path.exists():
@@ -227,7 +227,7 @@ def ensure_embedded_source() -> Path:
 
 def demo_instance_dir() -> Path:
     """The generated demo instance images (written once under the models root)."""
-    from .tiny import write_demo_images
+    from ..model.tiny import write_demo_images
 
     folder = host.models_root() / "dreambooth_demo_images"
     if not folder.is_dir() or not any(folder.glob("*.png")):

@@ -14,8 +14,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from .errors import DreamboothError
-from .train.control import TrainControl, TrainStatus
+from ..errors import DreamboothError
+from ..train.control import TrainControl, TrainStatus
 
 log = logging.getLogger("dreambooth")
 MAX_NOTES = 500
@@ -109,9 +109,10 @@ class JobRunner:
         job.control.log(f"training '{model_name}' started")
 
         def body():
-            from . import actions, host
+            from ..platform import host
+            from . import operations
 
-            fn = train_fn or actions.train_model
+            fn = train_fn or operations.train_model
             control = job.control
             try:
                 # the lock first: the WebUI's model is freed only once no generation is using it

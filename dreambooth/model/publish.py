@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import host
-from .config import TrainConfig
-from .errors import DreamboothError
-from .store import ModelDir
+from ..platform import host
+from ..config import TrainConfig
+from ..errors import DreamboothError
+from ..store import ModelDir
 
 
 def checkpoint_path(model: ModelDir, cfg: TrainConfig, revision: int, subdir: bool | None = None,
@@ -24,7 +24,7 @@ def checkpoint_path(model: ModelDir, cfg: TrainConfig, revision: int, subdir: bo
 def export_checkpoint(model: ModelDir, cfg: TrainConfig, revision: int, modules: dict | None = None,
                       half: bool | None = None, subdir: bool | None = None, suffix: str = "") -> Path:
     """Write the checkpoint from in-memory modules (during training) or from working/ (Generate Ckpt)."""
-    from .convert.export import export_single_file
+    from ..convert.export import export_single_file
 
     out = checkpoint_path(model, cfg, revision, subdir, suffix)
     export_single_file(modules if modules is not None else model.working, out, working=model.working,
@@ -34,7 +34,7 @@ def export_checkpoint(model: ModelDir, cfg: TrainConfig, revision: int, modules:
     return out
 
 
-def generate_ckpt(model: ModelDir, cfg: TrainConfig, half: bool | None = None, subdir: bool | None = None) -> Path:
+def publish_working(model: ModelDir, cfg: TrainConfig, half: bool | None = None, subdir: bool | None = None) -> Path:
     """Generate Ckpt from the model's working folder (its latest trained weights)."""
     model.require()
     if cfg.revision == 0:

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DreamboothError
+from ..errors import DreamboothError
 
 MARGIN = 16 * 1024**2  # room kept free beyond the estimate (metadata, logs, the file system's own needs)
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -269,7 +269,7 @@ def other_dreambooth_extensions() -> list[tuple[str, Path]]:
         from modules import extensions
     except ImportError:
         return []
-    ours = Path(__file__).resolve().parents[1]
+    ours = Path(__file__).resolve().parents[2]  # <extension>/dreambooth/platform/host.py
     found = []
     for ext in extensions.active():
         path = Path(ext.path).resolve()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DreamboothError
+from ..errors import DreamboothError
 
 LOCK_FILE = ".dreambooth.lock"
 

@@ -71,7 +71,7 @@ PRESET_PREDICTION = {"tiny-v2v": "v_prediction"}  # the others: epsilon
 
 
 def preset_configs(preset: str) -> dict:
-    from .errors import DreamboothError
+    from ..errors import DreamboothError
 
     if preset not in PRESETS:
         raise DreamboothError(f"unknown tiny model preset '{preset}': use one of {', '.join(PRESETS)}", field="preset")
@@ -83,7 +83,7 @@ def build_components(preset: str = "tiny", seed: int = 0) -> dict:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from .convert.diffusers_io import SCHEDULER_CONFIG, build_text_encoder
+    from ..convert.diffusers_io import SCHEDULER_CONFIG, build_text_encoder
 
     configs = preset_configs(preset)
     unet = UNet2DConditionModel.from_config(configs["unet"])
@@ -120,7 +120,7 @@ def _seeded_init(module, generator) -> None:
 
 def write_tiny_checkpoint(out_path, preset: str = "tiny", seed: int = 0) -> Path:
     """A single-file LDM-layout checkpoint of the preset (what a user would pick as a source)."""
-    from .convert.export import export_single_file
+    from ..convert.export import export_single_file
 
     parts = build_components(preset, seed)
     return export_single_file(parts, out_path, half=False,
@@ -153,7 +153,7 @@ def _demo_image(rng: random.Random, size: int):
 
 def write_demo_images(folder, count: int = 6, size: int = 64, seed: int = 0) -> list[Path]:
     """`count` PNG instance images of one procedurally drawn subject, slightly varied (seeded)."""
-    from .fsutil import atomic_path
+    from ..platform.fsutil import atomic_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Concept
-from .fsutil import atomic_path, atomic_write_text
-from .train.text import pipeline_clip_skip
+from ..config import Concept
+from ..platform.fsutil import atomic_path, atomic_write_text
+from .text import pipeline_clip_skip
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict):
     return pipeline
 
 
-def generate_samples(pipeline, requests: list[SampleRequest], resolution: int, out_dir: Path, tag: str,
+def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out_dir: Path, tag: str,
                      device, clip_skip: int = 1) -> list[Path]:
     """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings."""
     import torch

@@ -1,12 +1,12 @@
 """`python -m dreambooth demo`: the whole flow on the embedded tiny model, on any CPU, in well under a minute."""
 from __future__ import annotations
 
-from . import host
-from .actions import create_model, demo_instance_dir, ensure_embedded_source, generate_ckpt, load_params, \
+from ..platform import host
+from ..service.operations import create_model, demo_instance_dir, ensure_embedded_source, generate_ckpt, load_params, \
     remove_model, train_model
-from .errors import DreamboothError
-from .store import model_dir
-from .train.control import TrainControl
+from ..errors import DreamboothError
+from ..store import model_dir
+from ..train.control import TrainControl
 
 DEMO_SETTINGS = {
     "num_train_epochs": 2, "save_embedding_every": 1, "save_preview_every": 1, "train_batch_size": 1,

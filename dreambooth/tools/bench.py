@@ -85,7 +85,7 @@ def _device_type() -> str:
 # --------------------------------------------------------------------------------------------------
 def worker_reference(spec: dict) -> dict:
     from .bench_reference import run_reference
-    from .convert.diffusers_io import load_components
+    from ..convert.diffusers_io import load_components
 
     import torch
 
@@ -101,7 +101,7 @@ def worker_reference(spec: dict) -> dict:
 
 
 def _trainer_config(spec: dict):
-    from .config import TrainConfig, apply_assignments
+    from ..config import TrainConfig, apply_assignments
 
     values = {  # the trainer's defaults, at the benchmark's batch, LR, resolution and steps; nothing saved
         "train_batch_size": spec["batch"], "learning_rate": spec["lr"], "resolution": spec["resolution"],
@@ -122,7 +122,7 @@ def _trainer_config(spec: dict):
 def low_memory_settings(images: int) -> dict:
     """The Performance Wizard's lowest-memory settings (its smallest GPU, 6 GB), for the memory race."""
     from .bench_reference import adam8bit_class
-    from .wizard import recommend
+    from ..wizard import recommend
 
     changes, _ = recommend(6, images, "v1x", bnb_available=adam8bit_class() is not None)
     keep = ("mixed_precision", "optimizer", "gradient_checkpointing", "stop_text_encoder", "use_ema")
@@ -132,9 +132,9 @@ def low_memory_settings(images: int) -> dict:
 def worker_trainer(spec: dict) -> dict:
     import math
 
-    from .store import ModelDir
-    from .train.control import TrainControl
-    from .train.loop import Trainer
+    from ..store import ModelDir
+    from ..train.control import TrainControl
+    from ..train.loop import Trainer
 
     cfg = _trainer_config(spec)
     images = len(list(Path(spec["images"]).glob("*.png")))
@@ -190,8 +190,8 @@ def _worker_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------------------------------
 def prepare_workdir(root: Path, preset: str, images: int, resolution: int, log) -> dict:
     """A small-preset source checkpoint, a model created from it, and demo image folders."""
-    from .actions import create_model
-    from .tiny import write_demo_images, write_tiny_checkpoint
+    from ..service.operations import create_model
+    from ..model.tiny import write_demo_images, write_tiny_checkpoint
 
     os.environ["DREAMBOOTH_MODELS_DIR"] = str(root / "models")
     source = root / f"{preset}.safetensors"
@@ -209,7 +209,7 @@ def prepare_workdir(root: Path, preset: str, images: int, resolution: int, log) 
 
 def run_worker(spec: dict, timeout: float = 1800) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "dreambooth.bench", "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "dreambooth.tools.bench", "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-EXT_DIR = Path(__file__).resolve().parents[1]
+EXT_DIR = Path(__file__).resolve().parents[2]  # <extension>/dreambooth/platform/deps.py
 REQUIREMENTS = EXT_DIR / "requirements.txt"
 # The host owns these: never installed, upgraded or replaced, and pinned as constraints for every pip call.
 PROTECTED = ("torch", "torchvision", "torchaudio", "xformers", "gradio", "gradio-client", "transformers")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from . import host
-from .errors import DreamboothError
+from ..errors import DreamboothError
 
 DATA_ROOTS_ENV = "DREAMBOOTH_DATA_ROOTS"
 DATA_ROOTS_SETTING = "dreambooth_tab_data_roots"
