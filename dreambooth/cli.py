@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a parameter (JSON for lists/objects); repeatable")
     params.add_argument("--show", action="store_true", help="list every parameter with its help and range")
+    params.add_argument("--unknown", action="store_true",
+                        help="list the keys of db_config.json this version does not use (kept in the file)")
 
     train = command("train", help="train a model (Ctrl-C cancels and saves)")
     train.add_argument("name")
@@ -83,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .platform.quiet import quiet_third_party
+
+    quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "serve")  # `python -m dreambooth --port 7861`, as WebUI users type it
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading options: hand them over as they are
         from .tools.bench import main as bench_main
 
@@ -129,6 +136,10 @@ def cmd_params(args) -> int:
     cfg, warnings = load_params(args.name)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.unknown:
+        for key in sorted(cfg.extras):
+            print(key)
+        return 0
     if args.set:
         apply_assignments(cfg, args.set)
         print(f"saved {save_params(args.name, cfg)}")

@@ -209,6 +209,14 @@ def load_concepts_source(source: str) -> list[Concept]:
     return concepts
 
 
+def unknown_keys_summary(keys: list[str], shown: int = 6) -> str:
+    """One line for any number of unknown keys (an older extension's file has dozens)."""
+    names = ", ".join(f"'{key}'" for key in keys[:shown])
+    more = f" and {len(keys) - shown} more (`python -m dreambooth params NAME --unknown` lists them)" \
+        if len(keys) > shown else ""
+    return f"{len(keys)} unknown key{'s' if len(keys) > 1 else ''} kept as is but not used: {names}{more}"
+
+
 def config_from_dict(data: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """Build a config from a db_config.json object (ours or the older extension's).
 
@@ -225,7 +233,8 @@ def config_from_dict(data: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
             known[key] = raw
         else:
             extras[key] = raw
-            warnings.append(f"unknown key '{key}' kept as is but not used")
+    if extras:
+        warnings.append(unknown_keys_summary(list(extras)))
     cfg = TrainConfig(extras=extras)
     for name, raw in known.items():
         if name == "concepts_list":

@@ -126,3 +126,37 @@ def test_samples_from_the_saved_weights(tiny_model, demo_images, capsys):
     written = [Path(line) for line in capsys.readouterr().out.split() if line.endswith(".png")]
     assert len(written) == 1 and written[0].is_file()
     assert written[0].with_suffix(".txt").read_text().startswith("sks toy\n")
+
+
+@pytest.mark.parametrize("argv", [["--port", "7861"], ["--listen", "--port", "7861"], ["serve", "--port", "7861"]])
+def test_serve_options_without_the_serve_command(argv, monkeypatch):
+    import dreambooth.cli as cli
+
+    seen = []
+    monkeypatch.setitem(cli.COMMANDS, "serve", lambda args: seen.append((args.command, args.port)) or 0)
+    assert main(argv) == 0
+    assert seen == [("serve", 7861)]
+
+
+def test_an_older_config_reports_its_unknown_keys_in_one_line(tiny_model, capsys):
+    import json
+
+    data = json.loads(tiny_model.config_file.read_text())
+    older = {f"older_setting_{i}": i for i in range(58)}
+    tiny_model.config_file.write_text(json.dumps({**data, **older}))
+    assert main(["params", "tiny"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: 58 unknown keys kept as is but not used: 'older_setting_0'")
+    assert "and 52 more" in err[0] and "--unknown" in err[0]
+    assert main(["params", "tiny", "--unknown"]) == 0
+    assert capsys.readouterr().out.split() == sorted(older)
+
+
+def test_no_bitsandbytes_kernel_warning_on_a_command(tmp_path):
+    # bitsandbytes >= 0.48 warns at import on CPUs with AVX512-BF16 (diffusers imports it); a command that
+    # builds a model must not pass that on to the user
+    run = subprocess.run([sys.executable, "-m", "dreambooth", "tiny-checkpoint", str(tmp_path / "t.safetensors")],
+                         cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "gemm_4bit_forward" not in run.stderr and "kernels-community" not in run.stderr
