@@ -146,6 +146,12 @@ def test_create_train_ckpt_in_browser(server):
         log_text = text_of(page, "dbt_log")
         assert "resumed from snapshot-12: step 12, epoch 2" in log_text, log_text[:2000]
         wait_text(page, "dbt_model_info", "revision 18", 30)
+        # a reloaded page lists the model created after the server started
+        page.reload()
+        page.locator("#dbt_model input").first.click()
+        page.locator("ul.options li, ul.option-list li", has_text="demo").first.wait_for(timeout=30_000)
+        page.locator("ul.options li, ul.option-list li", has_text="demo").first.click()
+        wait_text(page, "dbt_model_info", "revision 18", 30)
         page.locator("#dbt_load").click()
         wait_text(page, "dbt_message", "params of 'demo' loaded", 60)
 
