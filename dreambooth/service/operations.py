@@ -23,6 +23,7 @@ EMBEDDED_CHECKPOINT = "dreambooth-tiny-demo.safetensors"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 __all__ = ["create_model", "load_params", "save_params", "train_model", "generate_ckpt", "generate_samples",
+           "newest_snapshot",
            "list_models", "list_source_checkpoints", "ensure_embedded_source", "demo_instance_dir"]
 
 
@@ -233,6 +234,14 @@ def demo_instance_dir() -> Path:
     if not folder.is_dir() or not any(folder.glob("*.png")):
         write_demo_images(folder)
     return folder
+
+
+def newest_snapshot(name: str) -> Path | None:
+    """The resume snapshot `train --resume` would continue from, or None."""
+    from ..train.snapshot import latest_snapshot
+
+    model = model_dir(name)
+    return latest_snapshot(model.snapshots, model.older_snapshots)
 
 
 def remove_model(name: str) -> None:

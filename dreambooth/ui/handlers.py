@@ -112,8 +112,18 @@ def model_info(model: str | None) -> str:
         cfg, _ = operations.load_params(model)
     except DreamboothError as error:
         return str(error)
+    snapshot = operations.newest_snapshot(model)
     return (f"{model}: type {cfg.model_type} · revision {cfg.revision} · epoch {cfg.epoch} · "
-            f"source {Path(cfg.src).name if cfg.src else '-'}")
+            f"source {Path(cfg.src).name if cfg.src else '-'} · "
+            + (f"resumable from {snapshot.name}" if snapshot else "no snapshot to resume"))
+
+
+def resume_label(model: str | None) -> str:
+    """The Resume box names the snapshot it would continue from, so a user knows what ticking it does."""
+    snapshot = operations.newest_snapshot(model) if (model or "").strip() else None
+    if snapshot is None:
+        return "Resume (no snapshot yet: Train starts at step 1)"
+    return f"Resume from {snapshot.name} (step {snapshot.name.rsplit('-', 1)[-1]})"
 
 
 def create_model(name: str, source: str, model_type: str = "detect") -> str:
@@ -133,8 +143,8 @@ def create_model(name: str, source: str, model_type: str = "detect") -> str:
     if Path(str(source)).name == operations.EMBEDDED_CHECKPOINT:
         _apply_demo_settings(name)
         return (f"model '{name}' created from the embedded tiny demo checkpoint, with demo images as "
-                "Concept 1 and CPU-friendly settings: press Train")
-    return f"model '{name}' created: set concepts and params, Save Params, then Train"
+                "Concept 1 and CPU-friendly settings (loaded below): press Train")
+    return f"model '{name}' created and its params loaded: set concepts and params, then Train"
 
 
 def _apply_demo_settings(name: str) -> None:

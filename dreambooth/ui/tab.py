@@ -71,6 +71,7 @@ class Tab:
             self.buttons = {key: gr.Button(label, elem_id=f"dbt_{key}",
                                            variant="primary" if key == "train" else "secondary")
                             for key, label in TOP_BUTTONS}
+        self.resume = gr.Checkbox(value=False, label=handlers.resume_label(None), elem_id="dbt_resume")
         with gr.Row(elem_id="dbt_main"):
             with gr.Column(scale=3, elem_id="dbt_settings_col"):
                 with gr.Tabs(elem_id="dbt_sub_tabs"):
@@ -130,7 +131,7 @@ class Tab:
             return out
 
         def on_train(data):
-            result, error = _run(handlers.train, data[self.model], self.values(data))
+            result, error = _run(handlers.train, data[self.model], self.values(data), bool(data[self.resume]))
             return msg(error or _noted(result))
 
         def on_samples(data):
@@ -163,26 +164,38 @@ class Tab:
             result, error = _run(handlers.create_model, name, data[self.source], data[self.model_type])
             if error:
                 return msg(error)
-            return {self.message: _noted(result),
-                    self.model: gr.update(choices=handlers.model_choices(), value=name),
-                    self.model_info: handlers.model_info(name)}
+            out = {self.message: _noted(result),
+                   self.model: gr.update(choices=handlers.model_choices(), value=name),
+                   self.model_info: handlers.model_info(name)}
+            # the new model's params (the demo's concept and settings included) go straight into the fields,
+            # so Train uses them rather than the defaults on screen
+            loaded, error = _run(handlers.load_params, name)
+            if error:
+                return {**out, self.message: f"{result}\n{error}"}
+            values, _ = loaded
+            out.update({self.widgets[key]: value for key, value in values.items() if key in self.widgets})
+            return out
 
         widget_outputs = [self.message, *widgets]
         compat.event(b["save"].click, on_save, everything, [self.message])
         compat.event(b["load"].click, on_load, {self.model}, widget_outputs)
-        compat.event(b["train"].click, on_train, everything, [self.message])
+        compat.event(b["train"].click, on_train, everything | {self.resume}, [self.message])
         compat.event(b["samples"].click, on_samples, everything, [self.message, self.samples])
         compat.event(b["ckpt"].click, on_ckpt, {self.model}, [self.message, self.source])
         compat.event(b["cancel"].click, lambda: _noted(handlers.cancel()), None, [self.message])
         compat.event(b["wizard"].click, on_wizard, everything | {self.vram}, widget_outputs)
         compat.event(self.create.click, on_create, {self.new_name, self.source, self.model_type},
-                     [self.message, self.model, self.model_info])
+                     [self.message, self.model, self.model_info, *widgets])
         compat.event(self.refresh_models.click,
                      lambda: gr.update(choices=handlers.model_choices()), None, [self.model])
         compat.event(self.refresh_sources.click,
                      lambda: gr.update(choices=handlers.source_choices()), None, [self.source])
         compat.event(self.model.change, handlers.model_info, [self.model], [self.model_info])
-        outputs = [self.status, self.samples, self.charts, self.log, self.model_info, self.poll_sig]
+        # the tab is built once per server start: a page (re)load lists the models made since
+        compat.event(blocks.load, lambda: gr.update(choices=handlers.model_choices()), None, [self.model])
+        compat.event(self.model.change, lambda model: gr.update(label=handlers.resume_label(model), value=False),
+                     [self.model], [self.resume])
+        outputs = [self.status, self.samples, self.charts, self.log, self.model_info, self.resume, self.poll_sig]
         from .settings import option
 
         seconds = float(option("dreambooth_tab_status_poll_seconds") or POLL_SECONDS)
@@ -205,6 +218,8 @@ class Tab:
         # names its model, and gradio 3 polls cannot read the dropdown's current value.
         changed = data["model"] and last.get("status") != sig["status"]
         out.append(handlers.model_info(data["model"]) if changed else gr.update())
+        # a run that saved a snapshot (or a Cancel) makes the job's model resumable: say so on the box
+        out.append(gr.update(label=handlers.resume_label(data["model"])) if changed else gr.update())
         return (*out, sig)
 
 

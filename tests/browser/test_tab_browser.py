@@ -1,6 +1,7 @@
 """The tab in headless Chromium against the standalone server (this interpreter's gradio):
-bad input shown, Create from the embedded tiny checkpoint, Load Params, 2 epochs, Train, a sample and a
-chart appear, Generate Ckpt, the file is listed. Screenshots go to tests/artifacts/<gradio version>/."""
+bad input shown, Create from the embedded tiny checkpoint (its params land on screen), 2 epochs, Train, a
+sample and a chart appear, Resume one more epoch from the snapshot, Load Params, Generate Ckpt, the file
+is listed. Screenshots go to tests/artifacts/<gradio version>/."""
 import json
 import os
 import re
@@ -106,8 +107,8 @@ def test_create_train_ckpt_in_browser(server):
         page.locator("#dbt_new_name textarea, #dbt_new_name input").first.fill("demo")
         page.locator("#dbt_create").click()
         wait_text(page, "dbt_message", "created", 180)
-        page.locator("#dbt_load").click()
-        wait_text(page, "dbt_message", "params of 'demo' loaded", 60)
+        # Create puts the new model's params on screen: no Load Params needed before Train
+        assert "no snapshot yet" in page.locator("#dbt_resume").inner_text()
 
         open_tab(page, "Parameters")
         epochs = page.locator("#dbt_num_train_epochs input").first
@@ -128,6 +129,31 @@ def test_create_train_ckpt_in_browser(server):
         page.locator("#dbt_charts img").first.wait_for(timeout=60_000)
         assert "training 'demo' done" in text_of(page, "dbt_log")
         page.screenshot(path=str(shots / "03_trained.png"), full_page=True)
+
+        # Resume from the snapshot the run saved, one more epoch (the same as train --resume)
+        wait_text(page, "dbt_model_info", "resumable from snapshot-12", 30)
+        resume = page.locator("#dbt_resume")
+        deadline = time.time() + 30
+        while "Resume from snapshot-12 (step 12)" not in resume.inner_text() and time.time() < deadline:
+            time.sleep(0.2)
+        assert "Resume from snapshot-12 (step 12)" in resume.inner_text()
+        resume.locator("input[type=checkbox]").check()
+        open_tab(page, "Parameters")
+        epochs.fill("3")
+        epochs.press("Tab")
+        page.locator("#dbt_train").click()
+        wait_text(page, "dbt_status", "done: demo · epoch 3/3", 300)
+        log_text = text_of(page, "dbt_log")
+        assert "resumed from snapshot-12: step 12, epoch 2" in log_text, log_text[:2000]
+        wait_text(page, "dbt_model_info", "revision 18", 30)
+        # a reloaded page lists the model created after the server started
+        page.reload()
+        page.locator("#dbt_model input").first.click()
+        page.locator("ul.options li, ul.option-list li", has_text="demo").first.wait_for(timeout=30_000)
+        page.locator("ul.options li, ul.option-list li", has_text="demo").first.click()
+        wait_text(page, "dbt_model_info", "revision 18", 30)
+        page.locator("#dbt_load").click()
+        wait_text(page, "dbt_message", "params of 'demo' loaded", 60)
 
         page.locator("#dbt_ckpt").click()
         message = wait_text(page, "dbt_message", "checkpoint written", 120)
