@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help") and not set(argv) & set(COMMANDS):
         argv.insert(0, "serve")  # `python -m dreambooth --port 7861`, as WebUI users type it
     if argv[:1] == ["bench"]:  # argparse's REMAINDER drops leading options: hand them over as they are
         from .tools.bench import main as bench_main

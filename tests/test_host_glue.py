@@ -169,7 +169,7 @@ def test_host_adapter_paths_checkpoints_lock_and_vram_guard(webui):
     mods.shared.cmd_opts.ckpt_dir = None
 
     (sd_dir / "new.safetensors").write_bytes(b"x")
-    assert host.list_source_checkpoints() == []  # the host has not rescanned yet
+    assert host.list_source_checkpoints() == [sd_dir / "new.safetensors"]  # found before the host rescans
     host.refresh_checkpoints()
     assert host.list_source_checkpoints() == [sd_dir / "new.safetensors"]
 
@@ -266,6 +266,7 @@ def test_beside_the_older_extension_both_tabs_and_routes_answer_for_themselves(w
     if not ours_first:  # the WebUI runs extensions in folder order: either may register first
         for name in ("ui_tabs", "app_started"):
             webui.modules.script_callbacks.callbacks[name].reverse()
+    webui.modules.shared.cmd_opts.dreambooth_tab_models_path = str(webui.root / "tab-models")
     tabs = webui.create_ui()
     by_id = {elem_id: (title, blocks) for blocks, title, elem_id in tabs}
     assert set(by_id) == {"dreambooth_interface", "dreambooth_v2"}
@@ -279,6 +280,8 @@ def test_beside_the_older_extension_both_tabs_and_routes_answer_for_themselves(w
     note = [b for b in by_id["dreambooth_interface"][1].blocks.values()
             if getattr(b, "elem_id", "") == "dbt_neighbour_note"]
     assert note and "sd_dreambooth_extension" in note[0].value
+    # where this tab's models really are (the flag moved them), not a fixed models/dreambooth
+    assert str((webui.root / "tab-models").resolve()) in note[0].value and "models/dreambooth" not in note[0].value
 
     app = FastAPI()
     webui.modules.script_callbacks.app_started_callback(object(), app)
@@ -289,6 +292,57 @@ def test_beside_the_older_extension_both_tabs_and_routes_answer_for_themselves(w
     mine = client.get(prefix + "/status")
     assert mine.status_code == 200 and "owner" not in mine.json() and "state" in mine.json()
     assert client.get(prefix + "/models").json() == {"models": []}
+
+
+def test_every_source_the_tab_offers_is_found_and_accepted(webui, tmp_path):
+    """The real host: its list is a start-up cache (a file copied in later was missing from the Source list),
+    and its --ckpt file outside the models folder was offered, then refused by Create."""
+    webui.load_scripts()
+    from dreambooth.errors import DreamboothError
+    from dreambooth.platform import pathpolicy
+    from dreambooth.ui import handlers
+
+    mods = webui.modules
+    outside = tmp_path / "launch-folder"
+    outside.mkdir()
+    (outside / "base.safetensors").write_bytes(b"x")
+    (outside / "other.safetensors").write_bytes(b"x")
+    mods.shared.cmd_opts.ckpt = str(outside / "base.safetensors")
+    mods.sd_models.list_models()  # the WebUI's start-up scan
+    (webui.root / "models" / "Stable-diffusion" / "copied-later.safetensors").write_bytes(b"x")
+    choices = handlers.source_choices()
+    assert "copied-later.safetensors" in choices and str((outside / "base.safetensors").resolve()) in choices
+    for choice in choices:
+        assert pathpolicy.check_source(choice).is_file()
+    with pytest.raises(DreamboothError, match="not allowed") as refused:  # a file beside it is not offered
+        pathpolicy.check_source(str(outside / "other.safetensors"))
+    assert "Settings > Training > Dreambooth tab > Data roots" in str(refused.value)
+
+
+def test_settings_section_is_filed_under_training(webui):
+    webui.load_scripts()
+    webui.create_ui()
+    assert webui.modules.ui_settings.section_categories["dreambooth_tab"] == "Training"
+
+
+def test_a_reloaded_page_selects_the_model_that_trains(webui):
+    webui.load_scripts()
+    release = threading.Event()
+    import importlib
+
+    jobs, handlers, store = (importlib.import_module(f"dreambooth.{name}")
+                             for name in ("service.jobs", "ui.handlers", "store"))
+    assert handlers.model_choices_on_load() == {"choices": []}
+    folder = store.model_dir("busy").path
+    (folder / "working").mkdir(parents=True)
+    (folder / "db_config.json").write_text("{}")
+    job = jobs.runner().start_training("busy", types.SimpleNamespace(num_train_epochs=1),
+                                       train_fn=lambda *args, **kwargs: release.wait(20))
+    try:
+        assert handlers.model_choices_on_load() == {"choices": ["busy"], "value": "busy"}
+    finally:
+        release.set()
+        jobs.runner().wait(10)
 
 
 def test_checkpoint_refresh_never_shows_txt2img_an_empty_list(webui):

@@ -101,17 +101,18 @@ def refresh_checkpoints() -> None:
 
 
 def list_source_checkpoints() -> list[Path]:
-    """Single-file checkpoints a model can be created from: the host's list, else files under checkpoint_dir()."""
+    """Single-file checkpoints a model can be created from: files under checkpoint_dir(), and hosted also
+    the WebUI's list (its --ckpt file, other folders). The host's list is a cache filled at start and by its
+    own refresh, so a file copied in since is found by the scan without asking the host to rescan."""
+    files = set()
     if is_hosted():
         from modules import sd_models
 
-        files = {Path(info.filename) for info in list(sd_models.checkpoints_list.values())}
-        return sorted(files, key=lambda p: str(p).lower())
+        files = {Path(info.filename).resolve() for info in list(sd_models.checkpoints_list.values())}
     folder = checkpoint_dir()
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.rglob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()]
-    return sorted(found, key=lambda p: str(p).lower())
+    if folder.is_dir():
+        files |= {p.resolve() for p in folder.rglob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()}
+    return sorted(files, key=lambda p: str(p).lower())
 
 
 def _loaded_model():

@@ -44,7 +44,7 @@ def _refusal(field: str) -> DreamboothError:
     return DreamboothError(
         f"{field}: this path is not allowed here: from the tab and the API, only files and folders under the "
         "models folder or a data root can be used (add one with `serve --data-root DIR` or, in the WebUI, "
-        "Settings > Dreambooth > Data roots)", field=field)
+        "Settings > Training > Dreambooth tab > Data roots)", field=field)
 
 
 def check_path(value, field: str, base: Path | None = None) -> Path | None:
@@ -70,7 +70,17 @@ def check_source(value) -> Path:
     text = str(value or "").strip()
     if not text:
         raise DreamboothError("source is empty: choose a .safetensors/.ckpt file or a diffusers folder", field="source")
-    return check_path(text, "source", base=host.checkpoint_dir())
+    try:
+        return check_path(text, "source", base=host.checkpoint_dir())
+    except DreamboothError:
+        # what the Source list offers is allowed: the WebUI's own list (e.g. its --ckpt file, set on the
+        # trusted command line) may name files outside the models folder
+        listed = {str(path) for path in host.list_source_checkpoints()}
+        path = Path(text).expanduser()
+        candidate = (path if path.is_absolute() else host.checkpoint_dir() / path).resolve()
+        if str(candidate) in listed:
+            return candidate
+        raise
 
 
 def _check_concept(values: dict, where: str) -> None:

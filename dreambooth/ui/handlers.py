@@ -266,15 +266,25 @@ def model_choices() -> list[str]:
     return list_models()
 
 
+def model_choices_on_load() -> dict:
+    """The Model list when a page (re)loads: every model, and the running job's model selected so the page
+    shows what trains (after Reload UI too)."""
+    update = {"choices": model_choices()}
+    job = runner().current()
+    if job is not None and job.model_name in update["choices"]:
+        update["value"] = job.model_name
+    return update
+
+
 def neighbour_note() -> str | None:
     """What it means when another Dreambooth extension is enabled in the same WebUI (None if none is)."""
     others = host.other_dreambooth_extensions()
     if not others:
         return None
     names = ", ".join(f"`{name}`" for name, _ in others)
-    return (f"**Another Dreambooth extension is enabled: {names}.** Both tabs work side by side: this one "
+    return (f"**Another Dreambooth extension is enabled: {names}.** Both can be enabled together: this tab "
             "keeps its own flag (`--dreambooth-tab-models-path`), settings section and API "
-            "(`/dreambooth-tab/v1/...`). Both list the models in `models/dreambooth`; Save Params here "
+            f"(`/dreambooth-tab/v1/...`). This tab's models are in `{host.dreambooth_root()}`; Save Params here "
             "writes this tab's `db_config.json` format. Train in one tab at a time (each needs the GPU to "
             "itself); to keep only one, disable the other in Extensions > Installed.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 SECTION = ("dreambooth_tab", "Dreambooth tab")
+CATEGORY = "training"  # A1111 1.7+ groups sections by category; without one it lands under "Uncategorized"
 POLL_SLIDER = {"minimum": 0.5, "maximum": 10, "step": 0.5}
 
 # key -> (default, label, info, component args or None)
@@ -33,6 +34,7 @@ def add_settings(shared) -> None:
     for key, (default, label, info, slider) in OPTIONS.items():
         extra = {"component": gr.Slider, "component_args": dict(slider)} if slider else {}
         option = shared.OptionInfo(default, label, section=SECTION, **extra)
+        option.category_id = CATEGORY  # set, not passed: hosts before 1.7 have no such argument
         if hasattr(option, "info"):
             option = option.info(info) or option
         if slider and hasattr(option, "needs_reload_ui"):

@@ -32,11 +32,16 @@ REFILL_SECONDS = 0.2  # the real host walks folders and builds titles meanwhile
 
 
 def list_models():
-    """As A1111: the list is emptied first, then refilled; a txt2img arriving in between finds nothing."""
+    """As A1111: the list is emptied first, then refilled; a txt2img arriving in between finds nothing.
+    The list is a cache: filled at start-up and by a refresh, never when a file appears on disk. The
+    --ckpt file is listed wherever it lives (outside the models folder too)."""
     calls.append(("list_models",))
     checkpoints_list.clear()
     refilling.set()
     time.sleep(REFILL_SECONDS)
+    if shared.cmd_opts.ckpt and os.path.exists(shared.cmd_opts.ckpt):
+        info = CheckpointInfo(os.path.abspath(shared.cmd_opts.ckpt))
+        checkpoints_list[info.title] = info
     dirs = [model_path] + ([shared.cmd_opts.ckpt_dir] if shared.cmd_opts.ckpt_dir else [])
     for folder in dirs:
         for root, _, files in os.walk(folder):

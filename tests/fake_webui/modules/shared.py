@@ -2,7 +2,7 @@
 import sys
 import types
 
-cmd_opts = types.SimpleNamespace(dreambooth_tab_models_path=None, ckpt_dir=None, api_auth=None)
+cmd_opts = types.SimpleNamespace(dreambooth_tab_models_path=None, ckpt_dir=None, api_auth=None, ckpt=None)
 lazy_load_attempts = 0  # reading shared.sd_model counts here: the extension must never do it
 
 
@@ -11,6 +11,7 @@ class OptionInfo:
                  section=None, refresh=None, **kwargs):
         self.default, self.label, self.component, self.component_args = default, label, component, component_args
         self.onchange, self.section, self.refresh, self.comment = onchange, section, refresh, ""
+        self.category_id = kwargs.get("category_id")
 
     def info(self, text):
         self.comment = text

@@ -25,9 +25,17 @@ def create_setting_component(key):
     return component(label=info.label, value=info.default, elem_id=f"setting_{key}", **args)
 
 
+# A1111 1.10's categories (shared_options.py); a section whose options name none sits under "Uncategorized"
+CATEGORIES = {"saving": "Saving images", "sd": "Stable Diffusion", "ui": "User Interface", "system": "System",
+              "postprocessing": "Postprocessing", "training": "Training"}
+section_categories = {}  # section id -> the category label the Settings page files it under
+
+
 def create_ui():
-    """The Settings tab: every registered option becomes a component."""
+    """The Settings tab: every registered option becomes a component, its section filed under a category."""
     with gr.Blocks(analytics_enabled=False) as settings:
         for key in list(shared.opts.data_labels):
+            info = shared.opts.data_labels[key]
+            section_categories[info.section[0]] = CATEGORIES.get(getattr(info, "category_id", None), "Uncategorized")
             create_setting_component(key)
     return settings
