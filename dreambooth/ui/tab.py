@@ -191,8 +191,10 @@ class Tab:
         compat.event(self.refresh_sources.click,
                      lambda: gr.update(choices=handlers.source_choices()), None, [self.source])
         compat.event(self.model.change, handlers.model_info, [self.model], [self.model_info])
-        # the tab is built once per server start: a page (re)load lists the models made since
-        compat.event(blocks.load, lambda: gr.update(**handlers.model_choices_on_load()), None, [self.model])
+        # the tab is built once per server start: a page (re)load lists the models and checkpoints made since
+        compat.event(blocks.load, lambda: (gr.update(**handlers.model_choices_on_load()),
+                                           gr.update(choices=handlers.source_choices())), None,
+                     [self.model, self.source])
         compat.event(self.model.change, lambda model: gr.update(label=handlers.resume_label(model), value=False),
                      [self.model], [self.resume])
         outputs = [self.status, self.samples, self.charts, self.log, self.model_info, self.resume, self.poll_sig]

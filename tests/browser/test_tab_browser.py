@@ -97,9 +97,11 @@ def test_create_train_ckpt_in_browser(server):
         page.goto(url)
         page.locator("#dbt_train").wait_for(timeout=60_000)
 
-        # javascript/dreambooth.js is active standalone too: hints on the buttons
-        hint = page.locator("#dbt_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
-        assert hint.startswith("Start training")
+        # javascript/dreambooth.js is active standalone too: hints on the buttons (set once the page's
+        # load event has run the script, a moment after the buttons appear)
+        page.wait_for_function("() => { const e = document.querySelector('#dbt_train'); const b = e && "
+                               "(e.tagName === 'BUTTON' ? e : e.querySelector('button')); "
+                               "return b && b.title.startsWith('Start training'); }", timeout=60_000)
         page.locator("#dbt_train").click()  # bad input: no model selected
         wait_text(page, "dbt_message", "no model selected", 30)
         page.screenshot(path=str(shots / "01_tab_no_model.png"), full_page=True)
@@ -159,12 +161,18 @@ def test_create_train_ckpt_in_browser(server):
         message = wait_text(page, "dbt_message", "checkpoint written", 120)
         path = Path(message.split("checkpoint written: ")[1].split(" (")[0])
         assert path.is_file() and path.parent == models / "Stable-diffusion"
+        # a reloaded page lists the checkpoint written since the server started, without pressing 🔄
+        page.reload()
+        page.locator("#dbt_train").wait_for(timeout=60_000)
         open_tab(page, "Create")
-        page.locator("#dbt_refresh_sources").click()
         page.locator("#dbt_source input").first.click()
         # the open list: ul.options (gradio 3) / ul.option-list (gradio 6), inside or beside the block
         page.locator("ul.options li, ul.option-list li", has_text=path.name).first.wait_for(timeout=30_000)
         page.screenshot(path=str(shots / "04_ckpt_listed.png"), full_page=True)
+        page.keyboard.press("Escape")
+        page.locator("#dbt_refresh_sources").click()  # the 🔄 keeps it listed
+        page.locator("#dbt_source input").first.click()
+        page.locator("ul.options li, ul.option-list li", has_text=path.name).first.wait_for(timeout=30_000)
         page.keyboard.press("Escape")
 
         # Cancel asks first (javascript/dreambooth.js): declining sends nothing, accepting does
