@@ -299,6 +299,9 @@ def memory_label(kind: str) -> str:
     return kind or "memory"
 
 
+NON_BREAKING_HYPHEN = "\u2011"
+
+
 def status_text(status, kind: str | None = "train") -> str:
     """One readable block: state, epoch/step, loss, lr, it/s, ETA, memory."""
     if status.state == "idle" and not status.model_name:
@@ -313,7 +316,7 @@ def status_text(status, kind: str | None = "train") -> str:
     if status.loss is not None:
         parts.append(f"loss {status.loss:.4f}")
     if status.lr is not None:
-        parts.append(f"lr {status.lr:.2e}")
+        parts.append(f"lr {status.lr:.2e}".replace("-", NON_BREAKING_HYPHEN))  # never "1.00e-" / "04"
     if status.it_per_s is not None:
         parts.append(f"{status.it_per_s:.2f} it/s")
     if status.eta_s is not None and status.state == "training":
