@@ -135,7 +135,7 @@ def test_status_text():
                                             memory_mb=900))
     for part in ("epoch 1/2", "step 3/8", "loss 0.1234", "2.50 it/s", "ETA 1:15", "memory 900 MB"):
         assert part in text
-    assert "lr 1.00e\u20114" in text and "-" not in text  # the status box cannot wrap inside the number
+    assert "lr 1.00e\u201104" in text and "-" not in text  # the status box cannot wrap inside the number
     assert handlers.status_text(TrainStatus()) == "idle"
 
 
