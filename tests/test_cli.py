@@ -46,9 +46,12 @@ def test_train_and_ckpt_through_the_cli(tiny_model, demo_images, models_root, ca
     concepts = f'[{{"instance_data_dir": "{demo_images}", "instance_prompt": "sks toy", "n_save_sample": 0}}]'
     assert main(["train", "tiny", "--set", "num_train_epochs=1", "--set", "resolution=64", "--set", "seed=1",
                  "--set", "mixed_precision=no", "--set", f"concepts_list={concepts}"]) == 0
+    assert main(["ckpt", "tiny", "--subdir"]) == 0
+    full = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["ckpt", "tiny", "--half", "--subdir"]) == 0
     written = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert written.parent == models_root / "Stable-diffusion" / "tiny" and written.is_file()
+    assert written.name == full.name.replace(".safetensors", "_half.safetensors") and full.is_file()  # both kept
     from safetensors import safe_open
 
     with safe_open(str(written), "pt") as f:

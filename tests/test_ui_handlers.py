@@ -135,6 +135,7 @@ def test_status_text():
                                             memory_mb=900))
     for part in ("epoch 1/2", "step 3/8", "loss 0.1234", "2.50 it/s", "ETA 1:15", "memory 900 MB"):
         assert part in text
+    assert "lr 1.00e\u201104" in text and "-" not in text  # the status box cannot wrap inside the number
     assert handlers.status_text(TrainStatus()) == "idle"
 
 
@@ -150,3 +151,30 @@ def test_tab_has_a_widget_per_registry_field(models):
         field = next(f for f in (*FIELDS, *CONCEPT_FIELDS) if f.name == name.split(".")[-1])
         assert field.help in component.info
     assert not any(f.hidden for f in handlers.WIDGET_FIELDS)
+
+
+def test_save_and_load_without_a_model_say_which_button(models):
+    from dreambooth.errors import DreamboothError
+
+    messages = []
+    for press in (lambda: handlers.save_params("", handlers.default_values()), lambda: handlers.load_params("")):
+        with pytest.raises(DreamboothError) as caught:
+            press()
+        messages.append(str(caught.value))
+    assert messages[0].startswith("Save Params: no model selected")
+    assert messages[1].startswith("Load Params: no model selected")
+
+
+def test_generate_ckpt_uses_the_boxes_ticked_on_screen(tiny_model, demo_images):
+    from pathlib import Path
+
+    from conftest import quick_config
+    from dreambooth.train.loop import Trainer
+
+    Trainer(tiny_model, quick_config(demo_images, num_train_epochs=1, save_ckpt_after=False)).run()
+    full = Path(handlers.generate_ckpt("tiny").split("checkpoint written: ")[1].split(" (")[0])
+    half = Path(handlers.generate_ckpt("tiny", {"half_model": True, "use_subdir": True})
+                .split("checkpoint written: ")[1].split(" (")[0])
+    assert half.parent == full.parent / "tiny" and half.name == full.name.replace(".safetensors", "_half.safetensors")
+    assert full.is_file() and half.is_file()  # neither replaced the other
+    assert json.loads(tiny_model.config_file.read_text())["half_model"] is False  # the saved value is untouched

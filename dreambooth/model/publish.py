@@ -1,6 +1,7 @@
 """Generate Ckpt: a model's weights → one single-file checkpoint where the WebUI looks for them.
 
-`<Stable-diffusion>[/<name>]/<name>_<revision>.safetensors` (or `.ckpt`), fp16 when half_model is set.
+`<Stable-diffusion>[/<name>]/<name>_<revision>[_ema][_half].safetensors` (or `.ckpt`): an fp16 export gets
+its own name, so it never silently replaces the full-precision one (or the other way round).
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ def export_checkpoint(model: ModelDir, cfg: TrainConfig, revision: int, modules:
     """Write the checkpoint from in-memory modules (during training) or from working/ (Generate Ckpt)."""
     from ..convert.export import export_single_file
 
-    out = checkpoint_path(model, cfg, revision, subdir, suffix)
+    half = cfg.half_model if half is None else half
+    out = checkpoint_path(model, cfg, revision, subdir, suffix + ("_half" if half else ""))
     export_single_file(modules if modules is not None else model.working, out, working=model.working,
-                       half=cfg.half_model if half is None else half,
+                       half=half,
                        metadata={"dreambooth_model": model.name, "dreambooth_revision": str(revision)})
     host.refresh_checkpoints()
     return out

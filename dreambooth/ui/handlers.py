@@ -27,9 +27,10 @@ def concept_key(index: int, name: str) -> str:
     return f"concept{index}.{name}"
 
 
-def _require_model(model: str | None) -> str:
+def _require_model(model: str | None, action: str = "") -> str:
     if not (model or "").strip():
-        raise DreamboothError("no model selected: pick one in Model (or create one in the Create tab)",
+        what = f"{action}: " if action else ""  # two buttons pressed in a row must not read the same
+        raise DreamboothError(f"{what}no model selected: pick one in Model (or create one in the Create tab)",
                               field="model_name")
     return model.strip()
 
@@ -90,14 +91,14 @@ def default_values() -> dict:
 
 # buttons ------------------------------------------------------------------------------------------
 def save_params(model: str, values: dict) -> str:
-    model = _require_model(model)
+    model = _require_model(model, "Save Params")
     cfg = values_to_config(model, values)
     path = operations.save_params(model, cfg)
     return f"params of '{model}' saved to {path}"
 
 
 def load_params(model: str) -> tuple[dict, str]:
-    model = _require_model(model)
+    model = _require_model(model, "Load Params")
     cfg, warnings = operations.load_params(model)
     values, more = config_to_values(cfg)
     lines = [f"params of '{model}' loaded (model type {cfg.model_type}, revision {cfg.revision}, "
@@ -190,13 +191,15 @@ def generate_samples(model: str, values: dict) -> tuple[list[str], str]:
     return [str(p) for p in paths], f"{len(paths)} sample(s) generated for '{model}'"
 
 
-def generate_ckpt(model: str) -> str:
+def generate_ckpt(model: str, values: dict | None = None) -> str:
+    """Uses Half model and Save to subdirectory as ticked on screen (`values`), not only as saved."""
     message = runner().request_save()
     if message is not None:
         return message
     model = _require_model(model)
+    values = values or {}
     with runner().exclusive("checkpoint", model) as job:
-        path = operations.generate_ckpt(model)
+        path = operations.generate_ckpt(model, half=values.get("half_model"), subdir=values.get("use_subdir"))
         job.control.update(checkpoints=[str(path)])  # the export refreshed the WebUI's list
     runner().note(f"checkpoint written: {path}")
     return f"checkpoint written: {path} (select it in txt2img)"
@@ -296,6 +299,9 @@ def memory_label(kind: str) -> str:
     return kind or "memory"
 
 
+NON_BREAKING_HYPHEN = "\u2011"
+
+
 def status_text(status, kind: str | None = "train") -> str:
     """One readable block: state, epoch/step, loss, lr, it/s, ETA, memory."""
     if status.state == "idle" and not status.model_name:
@@ -310,7 +316,7 @@ def status_text(status, kind: str | None = "train") -> str:
     if status.loss is not None:
         parts.append(f"loss {status.loss:.4f}")
     if status.lr is not None:
-        parts.append(f"lr {status.lr:.2e}")
+        parts.append(f"lr {status.lr:.2e}".replace("-", NON_BREAKING_HYPHEN))  # never "1.00e-" / "04"
     if status.it_per_s is not None:
         parts.append(f"{status.it_per_s:.2f} it/s")
     if status.eta_s is not None and status.state == "training":

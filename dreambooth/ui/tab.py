@@ -145,7 +145,7 @@ class Tab:
             return out
 
         def on_ckpt(data):
-            result, error = _run(handlers.generate_ckpt, data[self.model])
+            result, error = _run(handlers.generate_ckpt, data[self.model], self.values(data))
             if error:
                 return msg(error)
             return {self.message: result, self.source: gr.update(choices=handlers.source_choices())}
@@ -181,7 +181,7 @@ class Tab:
         compat.event(b["load"].click, on_load, {self.model}, widget_outputs)
         compat.event(b["train"].click, on_train, everything | {self.resume}, [self.message])
         compat.event(b["samples"].click, on_samples, everything, [self.message, self.samples])
-        compat.event(b["ckpt"].click, on_ckpt, {self.model}, [self.message, self.source])
+        compat.event(b["ckpt"].click, on_ckpt, everything, [self.message, self.source])
         compat.event(b["cancel"].click, lambda: _noted(handlers.cancel()), None, [self.message])
         compat.event(b["wizard"].click, on_wizard, everything | {self.vram}, widget_outputs)
         compat.event(self.create.click, on_create, {self.new_name, self.source, self.model_type},
