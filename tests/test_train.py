@@ -149,3 +149,20 @@ def test_gradient_checkpointing_and_8bit_adam_train(tiny_model, demo_images):
     result = Trainer(tiny_model, cfg).run()
     after = _unet_weights(tiny_model)
     assert result.steps > 0 and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_scale_lr_multiplies_by_the_images_per_step_and_resumes_at_it(tiny_model, demo_images):
+    settings = dict(train_batch_size=2, gradient_accumulation_steps=2, scale_lr=True, lr_warmup_steps=0)
+    logs = []
+    cfg = quick_config(demo_images, num_train_epochs=1, **settings)
+    Trainer(tiny_model, cfg, TrainControl(on_log=logs.append)).run()
+    rows = read_metrics(tiny_model.logging)
+    assert rows and all(row["lr"] == pytest.approx(4 * cfg.learning_rate) for row in rows)
+    assert any(line.startswith("scale_lr: learning rates × 4 (batch 2 × accumulation 2 × 1 process(es))")
+               for line in logs)
+    logs.clear()
+    Trainer(tiny_model, quick_config(demo_images, num_train_epochs=2, **settings), TrainControl(on_log=logs.append),
+            resume=True).run()
+    resumed = read_metrics(tiny_model.logging)
+    assert len(resumed) > len(rows) and all(row["lr"] == pytest.approx(4 * cfg.learning_rate) for row in resumed)
+    assert not any("other learning rates" in line for line in logs)  # the scaled rate is the configured one

@@ -16,7 +16,7 @@ from ..monitor.metrics import MetricsLog, memory_mb
 from ..store import ModelDir
 from .control import TrainControl
 from .plan import TrainPlan, plan_from_config, shard_groups
-from .schedulers import build_lr_scheduler, spec_from_config
+from .schedulers import build_lr_scheduler, learning_rate_factor, learning_rates, spec_from_config
 from .ema import EMA, resolve_update_every
 from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
                     set_text_encoder_trainable, text_encoder_epochs)
@@ -99,10 +99,16 @@ class Trainer:
 
         self.text_encoder_epochs = text_encoder_epochs(cfg.stop_text_encoder, self.plan.epochs)
         self.text_encoder_training = self.text_encoder_epochs > 0
-        groups = [{"params": [p for p in models.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+        self.learning_rates = learning_rates(cfg, accelerator.num_processes)
+        if cfg.scale_lr:
+            self.log(f"scale_lr: learning rates × {learning_rate_factor(cfg, accelerator.num_processes)} (batch "
+                     f"{cfg.train_batch_size} × accumulation {cfg.gradient_accumulation_steps} × "
+                     f"{accelerator.num_processes} process(es)): {self.learning_rates[0]:g}, text encoder "
+                     f"{self.learning_rates[1]:g}")
+        groups = [{"params": [p for p in models.unet.parameters() if p.requires_grad], "lr": self.learning_rates[0]}]
         if self.text_encoder_training:
             set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
-            groups.append({"params": list(models.text_encoder.parameters()), "lr": cfg.txt_learning_rate})
+            groups.append({"params": list(models.text_encoder.parameters()), "lr": self.learning_rates[1]})
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
@@ -148,7 +154,8 @@ class Trainer:
         from .resume import restore
 
         counters = restore(self.model, self.cfg, self.accelerator.unwrap_model(self.unet), self.models.text_encoder,
-                           self.ema, self.optimizer, self.lr_scheduler, self.generator, self.log)
+                           self.ema, self.optimizer, self.lr_scheduler, self.generator, self.learning_rates,
+                           self.log)
         self.seed = counters.seed
         self.global_step = counters.global_step
         self.start_revision = counters.start_revision
