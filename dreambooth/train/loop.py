@@ -20,6 +20,7 @@ from .schedulers import build_lr_scheduler, learning_rate_factor, learning_rates
 from .ema import EMA, resolve_update_every
 from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
                     set_text_encoder_trainable, text_encoder_epochs)
+from .pace import TrainingPace
 from .step import StepInputs, micro_batch_loss
 
 LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
@@ -45,6 +46,7 @@ class TrainResult:
 
 
 class Trainer:
+    clock = staticmethod(time.perf_counter)  # what it/s and the ETA are measured with
     def __init__(self, model: ModelDir, cfg: TrainConfig, control: TrainControl | None = None,
                  resume: bool = False, *, check_every: int | None = None, offload: bool | None = None):
         """`check_every`: steps between reads of the device-side NaN flag and (with several processes) the
@@ -172,7 +174,7 @@ class Trainer:
         control = self.control
         control.update(state="training", total_epochs=self.plan.epochs, total_steps=self.plan.total_steps,
                        step=self.global_step, epoch=self.start_epoch)
-        self._timer = (time.perf_counter(), self.global_step)
+        self._pace = TrainingPace(self.global_step, self.clock)
         progress = self._progress_bar()
         canceled = False
         try:
@@ -354,7 +356,8 @@ class Trainer:
         if plan.pauses_after(epoch) and self.cfg.epoch_pause_time > 0:
             self.control.update(state="paused")
             self.log(f"pausing {self.cfg.epoch_pause_time} s after epoch {epoch}")
-            self.control.cancel_requested.wait(self.cfg.epoch_pause_time)  # Cancel ends the pause early
+            with self._pace.excluded():
+                self.control.cancel_requested.wait(self.cfg.epoch_pause_time)  # Cancel ends the pause early
             self.control.update(state="training")
 
     # reporting --------------------------------------------------------------------------------------
@@ -368,9 +371,7 @@ class Trainer:
         rows = self.metrics.flush() if self.accelerator.is_main_process else self.metrics.discard()
         if not rows:
             return
-        now = time.perf_counter()
-        started, start_step = self._timer
-        rate = (self.global_step - start_step) / max(now - started, 1e-9)
+        rate = self._pace.steps_per_second(self.global_step)
         remaining = self.plan.total_steps - self.global_step
         last = rows[-1]
         self.result.last_loss = last["loss"]
@@ -387,6 +388,10 @@ class Trainer:
 
     def _save(self, reason: str) -> None:
         """Write what the saving switches ask for at this point: working weights, checkpoint, snapshot."""
+        with self._pace.excluded():
+            self._save_now(reason)
+
+    def _save_now(self, reason: str) -> None:
         from .saving import SaveInputs, save_training_state
 
         want_ckpt = getattr(self.cfg, f"save_ckpt_{reason}")
@@ -413,10 +418,14 @@ class Trainer:
         self.control.update(state="training")
 
     def _preview(self) -> None:
-        from .saving import PreviewInputs, write_previews
-
         if not self.accelerator.is_main_process:
             return
+        with self._pace.excluded():
+            self._preview_now()
+
+    def _preview_now(self) -> None:
+        from .saving import PreviewInputs, write_previews
+
         self.control.update(state="sampling")
         preview = PreviewInputs(
             model=self.model, cfg=self.cfg, concepts=self.concepts, first_captions=self.first_captions,
