@@ -134,6 +134,10 @@ _LEARNING_RATE = [
        "rate themselves: set learning_rate to 1.0 for them.", choices=OPTIMIZERS),
     _f("txt_learning_rate", float, 1e-6, "Learning Rate", "Text encoder learning rate",
        "Learning rate of the text encoder while it trains (see stop_text_encoder).", above=0, maximum=1),
+    _f("scale_lr", bool, False, "Learning Rate", "Scale Learning Rate",
+       "Multiply learning_rate and txt_learning_rate by train_batch_size × gradient_accumulation_steps × "
+       "processes (diffusers' --scale_lr), so each image moves the weights as much at any batch size. "
+       "learning_rate_min scales with them."),
     _f("weight_decay", float, 0.01, "Learning Rate", "Weight decay",
        "AdamW weight decay.", minimum=0, maximum=1),
 ]

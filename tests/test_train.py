@@ -149,3 +149,53 @@ def test_gradient_checkpointing_and_8bit_adam_train(tiny_model, demo_images):
     result = Trainer(tiny_model, cfg).run()
     after = _unet_weights(tiny_model)
     assert result.steps > 0 and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_scale_lr_multiplies_by_the_images_per_step_and_resumes_at_it(tiny_model, demo_images):
+    settings = dict(train_batch_size=2, gradient_accumulation_steps=2, scale_lr=True, lr_warmup_steps=0)
+    logs = []
+    cfg = quick_config(demo_images, num_train_epochs=1, **settings)
+    Trainer(tiny_model, cfg, TrainControl(on_log=logs.append)).run()
+    rows = read_metrics(tiny_model.logging)
+    assert rows and all(row["lr"] == pytest.approx(4 * cfg.learning_rate) for row in rows)
+    assert any(line.startswith("scale_lr: learning rates × 4 (batch 2 × accumulation 2 × 1 process(es))")
+               for line in logs)
+    logs.clear()
+    Trainer(tiny_model, quick_config(demo_images, num_train_epochs=2, **settings), TrainControl(on_log=logs.append),
+            resume=True).run()
+    resumed = read_metrics(tiny_model.logging)
+    assert len(resumed) > len(rows) and all(row["lr"] == pytest.approx(4 * cfg.learning_rate) for row in resumed)
+    assert not any("other learning rates" in line for line in logs)  # the scaled rate is the configured one
+
+
+def test_previews_and_saves_do_not_count_in_it_per_s_or_the_eta(tiny_model, one_image):
+    now = [0.0]
+
+    class Timed(Trainer):
+        clock = staticmethod(lambda: now[0])
+
+        def _optimizer_step(self, group):
+            super()._optimizer_step(group)
+            now[0] += 1.0  # every training step takes 1 s
+
+        def _preview_now(self):
+            now[0] += 50.0  # a slow preview
+            super()._preview_now()
+
+        def _save_now(self, reason):
+            now[0] += 30.0
+            super()._save_now(reason)
+
+    seen = []
+    control = TrainControl()
+    real_update = control.update
+    control.update = lambda **changes: (seen.append(dict(changes)) if "it_per_s" in changes else None,
+                                        real_update(**changes))[1]
+    cfg = quick_config(one_image, num_train_epochs=12, save_preview_every=3, save_embedding_every=4)
+    Timed(tiny_model, cfg, control).run()
+    assert seen, "no speed was reported"
+    for changes in seen:
+        assert changes["it_per_s"] == pytest.approx(1.0)
+    etas = [changes["eta_s"] for changes in seen]  # the remaining steps × 1 s, previews not counted
+    assert etas == sorted(etas, reverse=True) and etas[-1] == 0
+    assert all(eta == pytest.approx(round(eta)) for eta in etas) and 9 in [round(eta) for eta in etas]

@@ -16,10 +16,11 @@ from ..monitor.metrics import MetricsLog, memory_mb
 from ..store import ModelDir
 from .control import TrainControl
 from .plan import TrainPlan, plan_from_config, shard_groups
-from .schedulers import build_lr_scheduler, spec_from_config
+from .schedulers import build_lr_scheduler, learning_rate_factor, learning_rates, spec_from_config
 from .ema import EMA, resolve_update_every
 from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
                     set_text_encoder_trainable, text_encoder_epochs)
+from .pace import TrainingPace
 from .step import StepInputs, micro_batch_loss
 
 LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
@@ -45,6 +46,7 @@ class TrainResult:
 
 
 class Trainer:
+    clock = staticmethod(time.perf_counter)  # what it/s and the ETA are measured with
     def __init__(self, model: ModelDir, cfg: TrainConfig, control: TrainControl | None = None,
                  resume: bool = False, *, check_every: int | None = None, offload: bool | None = None):
         """`check_every`: steps between reads of the device-side NaN flag and (with several processes) the
@@ -99,10 +101,16 @@ class Trainer:
 
         self.text_encoder_epochs = text_encoder_epochs(cfg.stop_text_encoder, self.plan.epochs)
         self.text_encoder_training = self.text_encoder_epochs > 0
-        groups = [{"params": [p for p in models.unet.parameters() if p.requires_grad], "lr": cfg.learning_rate}]
+        self.learning_rates = learning_rates(cfg, accelerator.num_processes)
+        if cfg.scale_lr:
+            self.log(f"scale_lr: learning rates × {learning_rate_factor(cfg, accelerator.num_processes)} (batch "
+                     f"{cfg.train_batch_size} × accumulation {cfg.gradient_accumulation_steps} × "
+                     f"{accelerator.num_processes} process(es)): {self.learning_rates[0]:g}, text encoder "
+                     f"{self.learning_rates[1]:g}")
+        groups = [{"params": [p for p in models.unet.parameters() if p.requires_grad], "lr": self.learning_rates[0]}]
         if self.text_encoder_training:
             set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
-            groups.append({"params": list(models.text_encoder.parameters()), "lr": cfg.txt_learning_rate})
+            groups.append({"params": list(models.text_encoder.parameters()), "lr": self.learning_rates[1]})
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
@@ -148,7 +156,8 @@ class Trainer:
         from .resume import restore
 
         counters = restore(self.model, self.cfg, self.accelerator.unwrap_model(self.unet), self.models.text_encoder,
-                           self.ema, self.optimizer, self.lr_scheduler, self.generator, self.log)
+                           self.ema, self.optimizer, self.lr_scheduler, self.generator, self.learning_rates,
+                           self.log)
         self.seed = counters.seed
         self.global_step = counters.global_step
         self.start_revision = counters.start_revision
@@ -165,7 +174,7 @@ class Trainer:
         control = self.control
         control.update(state="training", total_epochs=self.plan.epochs, total_steps=self.plan.total_steps,
                        step=self.global_step, epoch=self.start_epoch)
-        self._timer = (time.perf_counter(), self.global_step)
+        self._pace = TrainingPace(self.global_step, self.clock)
         progress = self._progress_bar()
         canceled = False
         try:
@@ -347,7 +356,8 @@ class Trainer:
         if plan.pauses_after(epoch) and self.cfg.epoch_pause_time > 0:
             self.control.update(state="paused")
             self.log(f"pausing {self.cfg.epoch_pause_time} s after epoch {epoch}")
-            self.control.cancel_requested.wait(self.cfg.epoch_pause_time)  # Cancel ends the pause early
+            with self._pace.excluded():
+                self.control.cancel_requested.wait(self.cfg.epoch_pause_time)  # Cancel ends the pause early
             self.control.update(state="training")
 
     # reporting --------------------------------------------------------------------------------------
@@ -361,9 +371,7 @@ class Trainer:
         rows = self.metrics.flush() if self.accelerator.is_main_process else self.metrics.discard()
         if not rows:
             return
-        now = time.perf_counter()
-        started, start_step = self._timer
-        rate = (self.global_step - start_step) / max(now - started, 1e-9)
+        rate = self._pace.steps_per_second(self.global_step)
         remaining = self.plan.total_steps - self.global_step
         last = rows[-1]
         self.result.last_loss = last["loss"]
@@ -380,6 +388,10 @@ class Trainer:
 
     def _save(self, reason: str) -> None:
         """Write what the saving switches ask for at this point: working weights, checkpoint, snapshot."""
+        with self._pace.excluded():
+            self._save_now(reason)
+
+    def _save_now(self, reason: str) -> None:
         from .saving import SaveInputs, save_training_state
 
         want_ckpt = getattr(self.cfg, f"save_ckpt_{reason}")
@@ -406,10 +418,14 @@ class Trainer:
         self.control.update(state="training")
 
     def _preview(self) -> None:
-        from .saving import PreviewInputs, write_previews
-
         if not self.accelerator.is_main_process:
             return
+        with self._pace.excluded():
+            self._preview_now()
+
+    def _preview_now(self) -> None:
+        from .saving import PreviewInputs, write_previews
+
         self.control.update(state="sampling")
         preview = PreviewInputs(
             model=self.model, cfg=self.cfg, concepts=self.concepts, first_captions=self.first_captions,

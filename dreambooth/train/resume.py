@@ -19,8 +19,9 @@ class ResumedCounters:
 
 
 def restore(model: ModelDir, cfg: TrainConfig, unet, text_encoder, ema, optimizer, lr_scheduler, generator,
-            log: Callable[[str], None]) -> ResumedCounters:
-    """Load the newest snapshot into the given (plain, unwrapped) modules and training state."""
+            learning_rates: list[float], log: Callable[[str], None]) -> ResumedCounters:
+    """Load the newest snapshot into the given (plain, unwrapped) modules and training state;
+    `learning_rates` are the [UNet, text encoder] rates this run trains at (scale_lr applied)."""
     from .snapshot import latest_snapshot, load_snapshot
 
     path = latest_snapshot(model.snapshots, model.older_snapshots)
@@ -47,7 +48,7 @@ def restore(model: ModelDir, cfg: TrainConfig, unet, text_encoder, ema, optimize
             f"snapshot {path.name} was saved with other optimizer settings ({error}): use the optimizer and "
             "stop_text_encoder it was trained with, or train without --resume", field="optimizer") from None
     lr_scheduler.load_state_dict(snap["scheduler"])
-    apply_configured_lr(cfg, optimizer, lr_scheduler, log)
+    apply_configured_lr(learning_rates, optimizer, lr_scheduler, log)
     generator.set_state(snap["generator"])
     counters = ResumedCounters(seed=state["seed"], global_step=state["global_step"],
                                start_revision=state["revision"] - state["global_step"],
@@ -56,10 +57,10 @@ def restore(model: ModelDir, cfg: TrainConfig, unet, text_encoder, ema, optimize
     return counters
 
 
-def apply_configured_lr(cfg: TrainConfig, optimizer, lr_scheduler, log: Callable[[str], None]) -> None:
+def apply_configured_lr(learning_rates: list[float], optimizer, lr_scheduler, log: Callable[[str], None]) -> None:
     """A resumed run trains at the learning rates db_config.json shows: the snapshot's optimizer and
     scheduler carry the old ones, so a changed value is applied (and said) instead of silently lost."""
-    wanted = [cfg.learning_rate, cfg.txt_learning_rate][:len(optimizer.param_groups)]
+    wanted = list(learning_rates)[:len(optimizer.param_groups)]
     saved = list(lr_scheduler.base_lrs)
     if all(abs(a - b) <= 1e-12 * max(abs(a), abs(b)) for a, b in zip(saved, wanted)):
         return

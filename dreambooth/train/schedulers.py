@@ -65,6 +65,17 @@ def lr_multiplier(spec: ScheduleSpec, step: int) -> float:
     return floor + (1.0 - floor) * (1.0 - progress) ** spec.power
 
 
+def learning_rate_factor(cfg, processes: int) -> int:
+    """scale_lr's multiplier: images per optimizer step (1 when scale_lr is off)."""
+    return cfg.train_batch_size * cfg.gradient_accumulation_steps * processes if cfg.scale_lr else 1
+
+
+def learning_rates(cfg, processes: int) -> list[float]:
+    """[UNet, text encoder] learning rates as the optimizer gets them."""
+    factor = learning_rate_factor(cfg, processes)
+    return [cfg.learning_rate * factor, cfg.txt_learning_rate * factor]
+
+
 def spec_from_config(cfg, total_steps: int) -> ScheduleSpec:
     return ScheduleSpec(
         name=cfg.lr_scheduler,

@@ -22,6 +22,12 @@ def _no_api_docs(kwargs: dict) -> dict:
     return kwargs
 
 
+def warn(message: str) -> None:
+    """A warning toast in the page (the host's own toasts in the WebUI), beside the Message box. gr.Warning
+    exists from gradio 3.35 on; called outside an event it only reaches the console, never raises."""
+    gr.Warning(message)
+
+
 def event(trigger, fn, inputs=None, outputs=None, js: str | None = None, **kwargs):
     """`button.click(fn, inputs, outputs, js=...)` with the keyword this gradio knows."""
     if js is not None:

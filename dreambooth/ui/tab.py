@@ -34,6 +34,7 @@ def _run(fn, *args):
         return fn(*args), None
     except DreamboothError as error:
         message = f"error: {error}"
+        compat.warn(str(error))  # shown as a warning, not only as text in the Message box
     except Exception as error:  # keep the tab working; details go to the console
         log.error("dreambooth tab action failed\n%s", traceback.format_exc())
         message = f"error: {type(error).__name__}: {error} (details in the console)"

@@ -104,6 +104,9 @@ def test_create_train_ckpt_in_browser(server):
                                "return b && b.title.startsWith('Start training'); }", timeout=60_000)
         page.locator("#dbt_train").click()  # bad input: no model selected
         wait_text(page, "dbt_message", "no model selected", 30)
+        # and a warning toast, as gradio shows them (the WebUI's too)
+        page.locator(".toast-body, [data-testid='toast-body']", has_text="no model selected").first.wait_for(
+            timeout=30_000)
         page.screenshot(path=str(shots / "01_tab_no_model.png"), full_page=True)
 
         page.locator("#dbt_new_name textarea, #dbt_new_name input").first.fill("demo")
