@@ -74,6 +74,22 @@ def wait_text(page, elem_id: str, needle: str, timeout: float = 180.0) -> str:
     raise AssertionError(f"#{elem_id} never showed {needle!r}; it shows {text_of(page, elem_id)!r}")
 
 
+def find_option(page, elem_id: str, text: str, timeout: float = 60.0):
+    """Open a dropdown until `text` is among its options (after a page load the list fills a moment later,
+    once the load event has run; an open list is not redrawn on gradio 3, so it is closed and opened again)."""
+    options = page.locator("ul.options li, ul.option-list li", has_text=text)
+    deadline = time.time() + timeout
+    while True:
+        page.locator(f"#{elem_id} input").first.click()
+        try:
+            options.first.wait_for(timeout=3_000)
+            return options.first
+        except Exception:
+            if time.time() > deadline:
+                raise AssertionError(f"#{elem_id} never offered {text!r}") from None
+            page.keyboard.press("Escape")
+
+
 def open_tab(page, title: str) -> None:
     """Click a sub-tab by its exact title (gradio 6 also keeps hidden overflow copies of tab buttons)."""
     exact = re.compile(rf"^\s*{title}\s*$")
@@ -153,9 +169,8 @@ def test_create_train_ckpt_in_browser(server):
         wait_text(page, "dbt_model_info", "revision 18", 30)
         # a reloaded page lists the model created after the server started
         page.reload()
-        page.locator("#dbt_model input").first.click()
-        page.locator("ul.options li, ul.option-list li", has_text="demo").first.wait_for(timeout=30_000)
-        page.locator("ul.options li, ul.option-list li", has_text="demo").first.click()
+        page.locator("#dbt_train").wait_for(timeout=60_000)
+        find_option(page, "dbt_model", "demo").click()
         wait_text(page, "dbt_model_info", "revision 18", 30)
         page.locator("#dbt_load").click()
         wait_text(page, "dbt_message", "params of 'demo' loaded", 60)
@@ -168,9 +183,8 @@ def test_create_train_ckpt_in_browser(server):
         page.reload()
         page.locator("#dbt_train").wait_for(timeout=60_000)
         open_tab(page, "Create")
-        page.locator("#dbt_source input").first.click()
         # the open list: ul.options (gradio 3) / ul.option-list (gradio 6), inside or beside the block
-        page.locator("ul.options li, ul.option-list li", has_text=path.name).first.wait_for(timeout=30_000)
+        find_option(page, "dbt_source", path.name)
         page.screenshot(path=str(shots / "04_ckpt_listed.png"), full_page=True)
         page.keyboard.press("Escape")
         page.locator("#dbt_refresh_sources").click()  # the 🔄 keeps it listed
