@@ -88,6 +88,8 @@ def find_option(page, elem_id: str, text: str, timeout: float = 60.0):
             if time.time() > deadline:
                 raise AssertionError(f"#{elem_id} never offered {text!r}") from None
             page.keyboard.press("Escape")
+            page.evaluate("() => document.activeElement && document.activeElement.blur()")  # gradio 3 reopens
+            time.sleep(0.5)  # only after the input lost focus
 
 
 def open_tab(page, title: str) -> None:
@@ -170,6 +172,8 @@ def test_create_train_ckpt_in_browser(server):
         # a reloaded page lists the model created after the server started
         page.reload()
         page.locator("#dbt_train").wait_for(timeout=60_000)
+        # the status poll answers after the page's load event (one queue): its answer means the lists are in
+        wait_text(page, "dbt_status", "done: demo", 60)
         find_option(page, "dbt_model", "demo").click()
         wait_text(page, "dbt_model_info", "revision 18", 30)
         page.locator("#dbt_load").click()
@@ -182,6 +186,7 @@ def test_create_train_ckpt_in_browser(server):
         # a reloaded page lists the checkpoint written since the server started, without pressing 🔄
         page.reload()
         page.locator("#dbt_train").wait_for(timeout=60_000)
+        wait_text(page, "dbt_status", "demo", 60)
         open_tab(page, "Create")
         # the open list: ul.options (gradio 3) / ul.option-list (gradio 6), inside or beside the block
         find_option(page, "dbt_source", path.name)
