@@ -317,6 +317,8 @@ def test_every_source_the_tab_offers_is_found_and_accepted(webui, tmp_path):
     with pytest.raises(DreamboothError, match="not allowed") as refused:  # a file beside it is not offered
         pathpolicy.check_source(str(outside / "other.safetensors"))
     assert "Settings > Training > Dreambooth tab > Data roots" in str(refused.value)
+    with pytest.raises(DreamboothError, match="not allowed"):  # the listed-file check never sees a raw path
+        pathpolicy.check_source("base.safetensors\0")
 
 
 def test_settings_section_is_filed_under_training(webui):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterable
 
 from . import host
 from ..errors import DreamboothError
@@ -47,10 +48,12 @@ def _refusal(field: str) -> DreamboothError:
         "Settings > Training > Dreambooth tab > Data roots)", field=field)
 
 
-def check_path(value, field: str, base: Path | None = None) -> Path | None:
+def check_path(value, field: str, base: Path | None = None,
+               also_allowed: Callable[[], Iterable[Path]] = tuple) -> Path | None:
     """The resolved path of `value` if it lies under an allowed root (None for an empty value).
 
     Relative paths resolve against `base` (default: the current folder, as the core would read them).
+    `also_allowed()` names single files allowed wherever they are; asked only for a path outside the roots.
     """
     text = str(value or "").strip()
     if not text:
@@ -60,9 +63,11 @@ def check_path(value, field: str, base: Path | None = None) -> Path | None:
         resolved = (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
     except (OSError, RuntimeError, ValueError):  # an unknown ~user, a symlink loop, a NUL: refused like the rest
         raise _refusal(field) from None
-    if not any(resolved == root or root in resolved.parents for root in allowed_roots()):
-        raise _refusal(field)
-    return resolved
+    if any(resolved == root or root in resolved.parents for root in allowed_roots()):
+        return resolved
+    if resolved in set(also_allowed()):
+        return resolved
+    raise _refusal(field)
 
 
 def check_source(value) -> Path:
@@ -70,17 +75,9 @@ def check_source(value) -> Path:
     text = str(value or "").strip()
     if not text:
         raise DreamboothError("source is empty: choose a .safetensors/.ckpt file or a diffusers folder", field="source")
-    try:
-        return check_path(text, "source", base=host.checkpoint_dir())
-    except DreamboothError:
-        # what the Source list offers is allowed: the WebUI's own list (e.g. its --ckpt file, set on the
-        # trusted command line) may name files outside the models folder
-        listed = {str(path) for path in host.list_source_checkpoints()}
-        path = Path(text).expanduser()
-        candidate = (path if path.is_absolute() else host.checkpoint_dir() / path).resolve()
-        if str(candidate) in listed:
-            return candidate
-        raise
+    # what the Source list offers is allowed: the WebUI's own list (e.g. its --ckpt file, set on the trusted
+    # command line) may name files outside the models folder
+    return check_path(text, "source", base=host.checkpoint_dir(), also_allowed=host.list_source_checkpoints)
 
 
 def _check_concept(values: dict, where: str) -> None:

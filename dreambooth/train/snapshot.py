@@ -1,8 +1,8 @@
 """Resume snapshots: `snapshots/snapshot-<revision>/` with everything needed to continue exactly.
 
 Earlier versions wrote `checkpoints/checkpoint-<revision>/`; those are still listed, resumed from and pruned,
-but new snapshots always go to `snapshots/`. Contents: the trained UNet weights, optimizer and LR-scheduler state, the noise generator's state and a
-small JSON of counters. Written as a whole directory (atomic); loaded without unpickling code.
+but new snapshots always go to `snapshots/`. Contents: the trained UNet weights, optimizer and LR-scheduler
+state, the noise generator's state and a small JSON of counters. Written as a whole directory (atomic); loaded without unpickling code.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ OLDER_PREFIX = "checkpoint-"
 STATE_FILE = "state.json"
 
 
-def _revision(path: Path) -> int | None:
+def snapshot_revision(path: Path) -> int | None:
+    """The revision a snapshot folder's name carries (either layout), or None for another folder."""
     for prefix in (PREFIX, OLDER_PREFIX):
         rest = path.name[len(prefix):]
         if path.name.startswith(prefix) and rest.isdigit():
@@ -33,8 +34,8 @@ def list_snapshots(folder: Path, *older_folders: Path) -> list[Path]:
     for where in (folder, *older_folders):
         if where.is_dir():
             found += [p for p in where.iterdir()
-                      if p.is_dir() and _revision(p) is not None and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: (_revision(p), p.parent == folder))
+                      if p.is_dir() and snapshot_revision(p) is not None and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: (snapshot_revision(p), p.parent == folder))
 
 
 def latest_snapshot(folder: Path, *older_folders: Path) -> Path | None:

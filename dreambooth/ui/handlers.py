@@ -121,10 +121,12 @@ def model_info(model: str | None) -> str:
 
 def resume_label(model: str | None) -> str:
     """The Resume box names the snapshot it would continue from, so a user knows what ticking it does."""
+    from ..train.snapshot import snapshot_revision
+
     snapshot = operations.newest_snapshot(model) if (model or "").strip() else None
     if snapshot is None:
         return "Resume (no snapshot yet: Train starts at step 1)"
-    return f"Resume from {snapshot.name} (step {snapshot.name.rsplit('-', 1)[-1]})"
+    return f"Resume from {snapshot.name} (step {snapshot_revision(snapshot)})"
 
 
 def create_model(name: str, source: str, model_type: str = "detect") -> str:

@@ -77,6 +77,8 @@ def wait_text(page, elem_id: str, needle: str, timeout: float = 180.0) -> str:
 def find_option(page, elem_id: str, text: str, timeout: float = 60.0):
     """Open a dropdown until `text` is among its options (after a page load the list fills a moment later,
     once the load event has run; an open list is not redrawn on gradio 3, so it is closed and opened again)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     options = page.locator("ul.options li, ul.option-list li", has_text=text)
     deadline = time.time() + timeout
     while True:
@@ -84,7 +86,7 @@ def find_option(page, elem_id: str, text: str, timeout: float = 60.0):
         try:
             options.first.wait_for(timeout=3_000)
             return options.first
-        except Exception:
+        except PlaywrightTimeout:
             if time.time() > deadline:
                 raise AssertionError(f"#{elem_id} never offered {text!r}") from None
             page.keyboard.press("Escape")
