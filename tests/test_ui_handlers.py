@@ -125,10 +125,15 @@ def test_bad_input_is_a_readable_message(models, tmp_path, what, call, expected)
 
 def test_wizard_fills_fields(models, tmp_path):
     make_model(models)
-    values = {**handlers.default_values(), concept_key(0, "instance_data_dir"): str(images_dir(tmp_path, 3))}
+    values = {**handlers.default_values(), concept_key(0, "instance_data_dir"): str(images_dir(tmp_path, 3)),
+              "train_batch_size": 7}
     changes, text = handlers.wizard("m1", values, 8 if handlers.detect_vram_gb() is None else None)
-    assert "3 image(s)" in text and "gradient_accumulation_steps" in changes
+    assert "3 image(s)" in text and "gradient_accumulation_steps = 1" in text
     assert set(changes) <= {f.name for f in FIELDS}
+    # only what differs from the screen comes back, and the message lists it (the tab marks those fields)
+    assert "gradient_accumulation_steps" not in changes  # 1 on screen, 1 recommended
+    assert changes["train_batch_size"] < 7 and f"train_batch_size 7 → {changes['train_batch_size']}" in text
+    assert all(handlers._differs(values[name], value) for name, value in changes.items())
 
 
 def test_status_text():
@@ -137,7 +142,7 @@ def test_status_text():
     text = handlers.status_text(TrainStatus(state="training", model_name="m", epoch=1, total_epochs=2, step=3,
                                             total_steps=8, loss=0.1234, lr=1e-4, it_per_s=2.5, eta_s=75,
                                             memory_mb=900))
-    for part in ("epoch 1/2", "step 3/8", "loss 0.1234", "2.50 it/s", "ETA 1:15", "memory 900 MB"):
+    for part in ("epoch 1/2", "step 3/8", "loss 0.1234", "2.50\u00a0it/s", "ETA 1:15", "memory 900\u00a0MB"):
         assert part in text
     assert "lr 1.00e\u201104" in text and "-" not in text  # the status box cannot wrap inside the number
     assert handlers.status_text(TrainStatus()) == "idle"

@@ -8,12 +8,15 @@ simple_value = 2}). Point TensorBoard at the model's `logging/` folder.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import struct
 import time
 from pathlib import Path
 
 EVENT_PREFIX = "events.out.tfevents."
+_FILE_NUMBERS = itertools.count()
 _CRC_TABLE = []
 for _byte in range(256):
     _crc = _byte
@@ -80,7 +83,8 @@ class EventWriter:
             for old in folder.glob(EVENT_PREFIX + "*"):
                 old.unlink(missing_ok=True)
         now = time.time()
-        self.path = folder / f"{EVENT_PREFIX}{int(now)}.{socket.gethostname()}.dreambooth"
+        # time first (TensorBoard reads the files in name order), then what keeps two runs apart
+        self.path = folder / f"{EVENT_PREFIX}{int(now)}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBERS)}"
         self._write([encode_event(now, 0, file_version="brain.Event:2")])
 
     def add(self, points: list[tuple[int, dict[str, float]]]) -> None:
