@@ -67,8 +67,10 @@ def draw_charts(logging_dir: Path, model_name: str = "") -> list[Path]:
         axes.set_ylabel(ylabel, fontsize=FONT_SIZE)
         axes.tick_params(labelsize=FONT_SIZE - 1)
         axes.set_xlim(min(steps), max(max(steps), min(steps) + 1))  # the newest step is the right edge
-        if key == "lr":
-            axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        if key == "lr":  # every tick says its whole value: an offset label ("1e-4") at the corner is easy to miss
+            from matplotlib.ticker import FuncFormatter
+
+            axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.2e}"))
         axes.grid(alpha=0.3)
         if len(series) > 1:
             axes.legend(loc="upper right", fontsize=FONT_SIZE - 2)
