@@ -293,3 +293,8 @@ def test_create_from_a_hub_id_reads_the_local_cache_offline(tiny_model, models_r
     assert not (models_root / "dreambooth" / "missing").exists()
     assert "hf_unused" not in json.dumps(json.loads((models_root / "dreambooth" / "from-hub" / "db_config.json")
                                                     .read_text()))  # the token is never saved
+    # the command line takes the same id
+    from dreambooth import cli
+
+    assert cli.main(["create", "cli-hub", "--source", "someone/tiny-sd", "--hub-token", "hf_unused"]) == 0
+    assert (models_root / "dreambooth" / "cli-hub" / "working" / "unet").is_dir()

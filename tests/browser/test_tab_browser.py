@@ -140,7 +140,7 @@ def test_create_train_ckpt_in_browser(server):
         assert max(heights) - min(heights) <= 1, heights
         assert "Refresh" in page.locator("#dbt_refresh_sources").inner_text()
         assert page.locator("#dbt_output_col").evaluate("e => getComputedStyle(e).position") == "sticky"
-        assert "Every button uses what is on screen" in page.locator("#dbt_rule").inner_text()
+        assert "Every button uses what is on screen" in page.locator("#dbt_rule").first.inner_text()
 
         page.locator("#dbt_train").click()  # bad input: no model selected
         wait_text(page, "dbt_message", "no model selected", 30)
