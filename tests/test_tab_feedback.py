@@ -18,7 +18,7 @@ from dreambooth.monitor.metrics import MetricsLog, read_metrics
 from dreambooth.train import loop
 from dreambooth.train.control import TrainControl, TrainStatus
 from dreambooth.train.loop import Trainer
-from dreambooth.ui import handlers
+from dreambooth.ui import handlers, live
 from dreambooth.ui.handlers import concept_key
 
 
@@ -169,26 +169,26 @@ def test_long_phases_report_their_progress_and_the_gallery_keeps_every_preview(t
     assert any(u.get("state") == "training" and u.get("detail") == "" for u in control.updates)
 
     # every preview of the selected model, newest first, with its step and prompt
-    gallery = handlers.model_gallery("tiny")
+    gallery = live.model_gallery("tiny")
     assert [caption for _, caption in gallery] == ["step 2: a photo of sks toy", "step 1: a photo of sks toy"]
     assert all(os.path.isfile(path) for path, _ in gallery)
-    charts = handlers.model_charts("tiny")
+    charts = live.model_charts("tiny")
     assert [os.path.basename(p) for p in charts] == ["loss.png", "lr.png", "memory.png"]
     # another model: its own (empty) gallery and no charts, not the previous model's
     shutil.copytree(tiny_model.path / "working", models_root / "dreambooth" / "other" / "working")
     shutil.copy(tiny_model.config_file, models_root / "dreambooth" / "other" / "db_config.json")
-    assert handlers.model_gallery("other") == [] and handlers.model_charts("other") == [None, None, None]
+    assert live.model_gallery("other") == [] and live.model_charts("other") == [None, None, None]
 
 
 def test_status_line_shows_the_phase_progress_and_keeps_numbers_whole():
-    text = handlers.status_text(TrainStatus(state="sampling", model_name="m", step=6, total_steps=12,
+    text = live.status_text(TrainStatus(state="sampling", model_name="m", step=6, total_steps=12,
                                             detail="image 1 of 2, step 4 of 10"))
     assert text.startswith("sampling: m · image 1 of 2, step 4 of 10")
-    text = handlers.status_text(TrainStatus(state="training", model_name="m", step=6, total_steps=12,
+    text = live.status_text(TrainStatus(state="training", model_name="m", step=6, total_steps=12,
                                             it_per_s=1.5, memory_mb=545, memory_kind="RAM (RSS)", detail="stale"))
     assert "stale" not in text  # no phase progress while training
     assert "1.50\u00a0it/s" in text and "545\u00a0MB" in text
-    assert handlers.status_text(TrainStatus(state="running", model_name="m", detail="image 1 of 1"),
+    assert live.status_text(TrainStatus(state="running", model_name="m", detail="image 1 of 1"),
                                 "samples") == "samples running: m · image 1 of 1"
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from dreambooth.config import TrainConfig, save_config
 from dreambooth.registry import CONCEPT_FIELDS, FIELDS
-from dreambooth.ui import handlers
+from dreambooth.ui import handlers, live
 from dreambooth.ui.handlers import concept_key
 
 
@@ -139,13 +139,13 @@ def test_wizard_fills_fields(models, tmp_path):
 def test_status_text():
     from dreambooth.train.control import TrainStatus
 
-    text = handlers.status_text(TrainStatus(state="training", model_name="m", epoch=1, total_epochs=2, step=3,
+    text = live.status_text(TrainStatus(state="training", model_name="m", epoch=1, total_epochs=2, step=3,
                                             total_steps=8, loss=0.1234, lr=1e-4, it_per_s=2.5, eta_s=75,
                                             memory_mb=900))
     for part in ("epoch 1/2", "step 3/8", "loss 0.1234", "2.50\u00a0it/s", "ETA 1:15", "memory 900\u00a0MB"):
         assert part in text
     assert "lr 1.00e\u201104" in text and "-" not in text  # the status box cannot wrap inside the number
-    assert handlers.status_text(TrainStatus()) == "idle"
+    assert live.status_text(TrainStatus()) == "idle"
 
 
 def test_tab_has_a_widget_per_registry_field(models):

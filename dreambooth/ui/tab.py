@@ -15,7 +15,7 @@ import gradio as gr
 from ..errors import DreamboothError
 from ..service.jobs import runner
 from ..platform import deps
-from . import compat, handlers
+from . import compat, handlers, live
 from .concepts_panel import build_concepts_panel
 from .params_panel import build_params_panel
 
@@ -131,8 +131,8 @@ class Tab:
         """What belongs to the selected model: its info, Resume box, samples and charts."""
         return {self.model_info: handlers.model_info(model),
                 self.resume: gr.update(label=handlers.resume_label(model), value=False),
-                self.samples: handlers.model_gallery(model),
-                **dict(zip(self.charts, handlers.model_charts(model)))}
+                self.samples: live.model_gallery(model),
+                **dict(zip(self.charts, live.model_charts(model)))}
 
     def _fields(self, values: dict) -> dict:
         return {self.widgets[name]: value for name, value in values.items() if name in self.widgets}
@@ -168,7 +168,7 @@ class Tab:
             paths, text = result
             out = msg(_noted(text))
             if paths:
-                out[self.samples] = handlers.model_gallery(data[self.model])
+                out[self.samples] = live.model_gallery(data[self.model])
             return out
 
         def on_ckpt(data):
@@ -244,10 +244,10 @@ class Tab:
     def _poll(self, last, model):
         """Live panel; components whose content did not change get a no-op update (no flicker). The samples
         and charts are the selected model's (the running job's when none is selected)."""
-        data = handlers.poll()
+        data = live.poll()
         shown = model or data["model"]
-        gallery = handlers.model_gallery(shown)
-        charts = handlers.model_charts(shown)
+        gallery = live.model_gallery(shown)
+        charts = live.model_charts(shown)
         sig = {key: repr(data[key]) for key in ("status", "log")}
         sig["samples"] = repr([(path, _mtime(path)) for path, _ in gallery])
         sig["charts"] = repr([(path, _mtime(path)) for path in charts])  # same names: their times tell a redraw
