@@ -208,7 +208,9 @@ def prepare_workdir(root: Path, preset: str, images: int, resolution: int, log) 
     return {"models_root": str(root / "models"), "model": str(model_path), "images": str(folder)}
 
 
-def run_worker(spec: dict, timeout: float = 1800) -> dict:
+def run_worker(spec: dict, timeout: float | None = None) -> dict:
+    if timeout is None:  # an SD1.5-sized step takes minutes on a busy CPU
+        timeout = 4 * 3600 if spec.get("low_memory") else 1800
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "dreambooth.tools.bench", "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=timeout)
