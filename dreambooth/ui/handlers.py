@@ -255,6 +255,13 @@ def made_for_resolution(model: str | None) -> int | None:
         return None
 
 
+def detect_bf16() -> bool | None:
+    """Whether the CUDA device computes in bf16 (None: no CUDA device, so not known)."""
+    import torch
+
+    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else None
+
+
 def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
     """Performance Wizard: CUDA VRAM (or the number the user entered), the image count of the concepts on
     screen (no saved concepts needed), the model's own resolution. Returns only the values it changes."""
@@ -272,7 +279,7 @@ def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
     count = check_concepts(cfg.concepts())
     bnb = importlib.util.find_spec("bitsandbytes") is not None and vram > 0
     xformers = importlib.util.find_spec("xformers") is not None
-    changes, reasons = recommend(vram, count, model_type, bnb, xformers,
+    changes, reasons = recommend(vram, count, model_type, bnb, xformers, bf16_available=detect_bf16(),
                                  made_for=made_for_resolution(model))
     changed = {name: value for name, value in changes.items() if _differs(values.get(name), value)}
     lines = [f"Performance Wizard: {vram:g} GB VRAM ({source}), {count} image(s), {model_type}"]
