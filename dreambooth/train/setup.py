@@ -81,6 +81,10 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     from ..convert.diffusers_io import load_components
 
     unet, vae, text_encoder, tokenizer, scheduler_config = load_components(model.working)
+    if cfg.pretrained_vae_name_or_path.strip():  # latents are encoded (and samples decoded) with it
+        from ..convert.vae_file import load_vae
+
+        vae = load_vae(cfg.pretrained_vae_name_or_path, vae.config)
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False)
         frozen.eval()
