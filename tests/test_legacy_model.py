@@ -74,3 +74,64 @@ def test_alternate_vae_of_another_shape_is_refused(tiny_model, one_image, models
     with pytest.raises(DreamboothError) as error:
         Trainer(tiny_model, cfg).run()
     assert error.value.field == "pretrained_vae_name_or_path"
+
+
+def test_every_sampler_builds_and_the_choice_changes_the_preview(tiny_parts, tmp_path):
+    from dreambooth.convert.diffusers_io import SCHEDULER_CONFIG
+    from dreambooth.model.sampling import SampleRequest, build_pipeline, make_sampler, render_samples
+    from dreambooth.registry import SAMPLERS
+
+    for name in SAMPLERS:
+        assert type(make_sampler(name, SCHEDULER_CONFIG)).__name__ == f"{name}Scheduler"
+    unet, vae, text_encoder, tokenizer = tiny_parts
+    request = [SampleRequest("a photo of sks toy", "", 5, 3, 7.5)]
+    pixels = {}
+    for name in ("PNDM", "EulerAncestralDiscrete"):
+        pipeline = build_pipeline(unet, vae, text_encoder, tokenizer, dict(SCHEDULER_CONFIG), name)
+        out = tmp_path / name
+        out.mkdir()
+        from PIL import Image
+
+        pixels[name] = torch.tensor(list(Image.open(render_samples(pipeline, request, 64, out, "1", "cpu")[0]).getdata()))
+    assert not torch.equal(pixels["PNDM"], pixels["EulerAncestralDiscrete"])
+
+
+def test_attention_choice_sets_the_processors_and_xformers_is_refused_without_cuda(tiny_parts):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from dreambooth.model.attention import check_attention, set_attention
+
+    unet = tiny_parts[0]
+    try:
+        latents, steps = torch.randn(1, 4, 8, 8), torch.tensor([10])
+        context = torch.randn(1, 77, unet.config.cross_attention_dim)
+        outputs = {}
+        for choice, kind in (("default", AttnProcessor), ("sdpa", AttnProcessor2_0)):
+            set_attention([unet], choice, "cpu")
+            assert {type(p) for p in unet.attn_processors.values()} == {kind}
+            with torch.no_grad():
+                outputs[choice] = unet(latents, steps, context).sample
+        assert torch.allclose(outputs["default"], outputs["sdpa"], atol=1e-5)  # the same attention, computed two ways
+    finally:
+        set_attention([unet], "sdpa", "cpu")
+    with pytest.raises(DreamboothError) as error:
+        check_attention("xformers", "cpu")
+    assert error.value.field == "attention" and "choose sdpa" in str(error.value)
+
+
+def test_training_start_refuses_xformers_where_it_cannot_run(tiny_model, one_image):
+    from dreambooth.service.operations import preflight
+
+    with pytest.raises(DreamboothError) as error:
+        preflight(quick_config(one_image, attention="xformers"))
+    assert error.value.field == "attention"
+
+
+def test_sanity_sample_is_added_with_its_prompt_and_seed(tiny_model, one_image):
+    from dreambooth.service.operations import generate_samples
+
+    cfg = quick_config(one_image, sanity_prompt="a red cube", sanity_seed=1234, scheduler="DDIM")
+    written = generate_samples("tiny", cfg)
+    assert len(written) == 2  # the concept's sample and the sanity sample
+    text = written[-1].with_suffix(".txt").read_text()
+    assert text.startswith("a red cube\n") and "Seed: 1234" in text

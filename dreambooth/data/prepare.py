@@ -68,7 +68,7 @@ def _generate(inputs: PreparationInputs, concepts: list[Concept], jobs) -> None:
     inputs.log(f"generating {len(jobs)} class image(s) into {', '.join(folders)} "
                f"(batch {cfg.sample_batch_size})")
     pipeline = build_pipeline(models.unet, models.vae, models.text_encoder, models.tokenizer,
-                              models.scheduler_config)
+                              models.scheduler_config, cfg.scheduler)
     with inputs.autocast():
         generate_class_images(jobs, pipeline, concepts, cfg.sample_batch_size, inputs.class_image_seed,
                               pipeline_clip_skip(cfg.clip_skip), inputs.log, canceled=inputs.canceled)

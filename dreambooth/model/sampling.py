@@ -33,6 +33,16 @@ def sample_requests(concepts: list[Concept], first_captions: dict[int, str]) -> 
     return requests
 
 
+def sanity_requests(sanity_prompt: str, sanity_seed: int, concepts: list[Concept]) -> list[SampleRequest]:
+    """The sanity sample: one more preview with a fixed prompt and seed, so each preview is comparable (the
+    first concept's steps and CFG)."""
+    if not sanity_prompt.strip():
+        return []
+    first = concepts[0] if concepts else Concept()
+    return [SampleRequest(sanity_prompt.strip(), first.save_sample_negative_prompt, sanity_seed,
+                          first.save_infer_steps, first.save_guidance_scale)]
+
+
 def _template_prompts(template: str) -> list[str]:
     path = Path(template).expanduser() if template.strip() else None
     if path is None or not path.is_file():
@@ -40,12 +50,19 @@ def _template_prompts(template: str) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict):
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+def make_sampler(name: str, scheduler_config: dict):
+    """The diffusers scheduler `<name>Scheduler` (the `scheduler` setting) on the model's noise schedule."""
+    import diffusers
+
+    return getattr(diffusers, f"{name}Scheduler").from_config(scheduler_config)
+
+
+def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict, sampler: str = "PNDM"):
+    from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler.from_config(scheduler_config),
+        scheduler=make_sampler(sampler, scheduler_config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

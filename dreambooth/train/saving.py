@@ -93,14 +93,15 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
 
 
 def write_previews(preview: PreviewInputs) -> list[Path]:
-    from ..model.sampling import build_pipeline, render_samples, sample_requests
+    from ..model.sampling import build_pipeline, render_samples, sample_requests, sanity_requests
 
-    requests = sample_requests(preview.concepts, preview.first_captions)
+    models, cfg = preview.models, preview.cfg
+    requests = sample_requests(preview.concepts, preview.first_captions) + sanity_requests(
+        cfg.sanity_prompt, cfg.sanity_seed, preview.concepts)
     if not requests:
         return []
-    models, cfg = preview.models, preview.cfg
     pipeline = build_pipeline(preview.unet, models.vae, models.text_encoder, models.tokenizer,
-                              models.scheduler_config)
+                              models.scheduler_config, cfg.scheduler)
     use_ema = preview.ema is not None and cfg.infer_ema
     with preview.autocast(), (preview.ema.applied() if use_ema else contextlib.nullcontext()):
         written = render_samples(pipeline, requests, cfg.resolution, preview.model.samples, str(preview.revision),
