@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..model.long_prompts import PromptLayout
 from ..model.text import encode_text
 from .buckets import bucket_sizes, nearest_bucket
 from .cache import DiskCache, encode_rows, entry_key, file_digest, vae_fingerprint
@@ -26,7 +27,7 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
                        owned: list[list[int]] | None = None, cache_latents: bool = True,
                        cache_dir: Path | None = None, enable_buckets: bool = True, step: int = 64,
                        hflip: bool = False, shuffle_tags: bool = False, keep_tags: int = 1,
-                       cache_text: bool = True, warn: Callable[[str], None] | None = None,
+                       cache_text: bool = True, layout=None, warn: Callable[[str], None] | None = None,
                        log: Callable[[str], None] | None = None) -> TrainingSet:
     """Encode the instance (item, image info) pairs and the class pairs once, one chunk of images at a time.
 
@@ -82,9 +83,10 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     by_caption: dict[str, list[Path]] = {}
     for item, _ in entries:
         by_caption.setdefault(item.caption, []).append(item.path)
-    warn_truncated(by_caption, tokenizer, warn)
+    layout = layout or PromptLayout(tokenizer)
+    warn_truncated(by_caption, layout, warn)
     index = {caption: n for n, caption in enumerate(captions)}
-    input_ids = tokenize(captions, tokenizer, device)
+    input_ids, used = tokenize(captions, layout, device)
     embeddings = None
     if cache_text and not shuffle_tags:
         with torch.no_grad():
@@ -92,7 +94,7 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     return TrainingSet(items, class_items, places[:len(items)], places[len(items):], owned, buckets, captions,
                        [index[item.caption] for item in items], [index[item.caption] for item in class_items],
                        input_ids, embeddings, vae.config.scaling_factor, device, vae=None if cache_latents else vae,
-                       hflip=hflip, shuffle=shuffle_tags, keep_tags=keep_tags, tokenizer=tokenizer)
+                       hflip=hflip, shuffle=shuffle_tags, keep_tags=keep_tags, layout=layout, used=used)
 
 
 def _digest(memo: dict, path: Path) -> str:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 from ..config import Concept, TrainConfig
+from ..model.long_prompts import prompt_layout
 from ..store import ModelDir
 from .buckets import bucket_report, describe, size_step, write_bucket_counts
 from .build import assign_buckets, build_training_set
@@ -55,6 +56,7 @@ def prepare_training_set(inputs: PreparationInputs, concepts: list[Concept], pai
         cache_dir=model.cache if cfg.cache_latents_on_disk else None, enable_buckets=cfg.enable_buckets,
         step=step, hflip=cfg.hflip, shuffle_tags=cfg.shuffle_tags, keep_tags=cfg.keep_tags,
         cache_text=cfg.stop_text_encoder <= 0,  # the text encoder never trains: its outputs never change
+        layout=prompt_layout(models.tokenizer, cfg),
         warn=warn, log=log)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import Concept
 from ..platform.fsutil import atomic_path, atomic_write_text
+from .long_prompts import CHUNK, WINDOW
 from .text import pipeline_clip_skip
 
 
@@ -68,9 +69,29 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict, s
     return pipeline
 
 
+def long_prompt_embeddings(layout, text_encoder, clip_skip: int, device):
+    """A function (prompt, negative) -> (embeddings, negative embeddings) in long-prompt windows, both with the
+    windows the longer of the two needs (as the WebUI pads its prompt and negative prompt). None when the
+    layout is CLIP's plain 75 tokens: the pipeline encodes those itself."""
+    if layout is None or (layout.max_tokens <= CHUNK and not layout.strict):
+        return None
+    import torch
+
+    from .text import encode_text
+
+    def encode(prompt: str, negative: str):
+        ids, used = layout.tokenize([prompt, negative])
+        windows = -(-max(used) // WINDOW)
+        with torch.no_grad():
+            embeddings = encode_text(text_encoder, ids[:, :windows * WINDOW].to(device), clip_skip)
+        return embeddings[:1], embeddings[1:]
+    return encode
+
+
 def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out_dir: Path, tag: str,
-                     device, clip_skip: int = 1) -> list[Path]:
-    """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings."""
+                     device, clip_skip: int = 1, long_prompts=None) -> list[Path]:
+    """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings.
+    `long_prompts`: from long_prompt_embeddings, for captions over 75 tokens or strict tokens."""
     import torch
 
     written = []
@@ -80,10 +101,14 @@ def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out
     try:
         for i, request in enumerate(requests):
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
-            image = pipeline(request.prompt, negative_prompt=request.negative_prompt or None,
-                             num_inference_steps=request.steps, guidance_scale=request.guidance,
-                             height=resolution, width=resolution, generator=generator,
-                             clip_skip=pipeline_clip_skip(clip_skip)).images[0]
+            if long_prompts is not None:
+                embeddings, negative = long_prompts(request.prompt, request.negative_prompt)
+                text = dict(prompt_embeds=embeddings, negative_prompt_embeds=negative)
+            else:
+                text = dict(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+                            clip_skip=pipeline_clip_skip(clip_skip))
+            image = pipeline(**text, num_inference_steps=request.steps, guidance_scale=request.guidance,
+                             height=resolution, width=resolution, generator=generator).images[0]
             path = out_dir / f"sample_{tag}-{i}.png"
             with atomic_path(path) as tmp:
                 image.save(tmp, format="PNG")

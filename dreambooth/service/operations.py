@@ -164,7 +164,9 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
     from ..data.captions import build_caption
     from ..data.dataset import check_concepts
     from ..data.images import find_images
-    from ..model.sampling import build_pipeline, render_samples, sample_requests, sanity_requests
+    from ..model.long_prompts import prompt_layout
+    from ..model.sampling import (build_pipeline, long_prompt_embeddings, render_samples, sample_requests,
+                                  sanity_requests)
 
     model = model_dir(name).require()
     if cfg is None:
@@ -193,8 +195,9 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
         _place(parts[:3], device, sample_dtype(cfg.mixed_precision, device))
         pipeline = build_pipeline(*parts[:4], dict(parts[4]), cfg.scheduler)
         try:
+            long_prompts = long_prompt_embeddings(prompt_layout(parts[3], cfg), parts[2], cfg.clip_skip, device)
             written = render_samples(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", device,
-                             clip_skip=cfg.clip_skip)
+                                     clip_skip=cfg.clip_skip, long_prompts=long_prompts)
         finally:  # free the pipeline before the WebUI's model comes back
             del pipeline, parts
             gc.collect()

@@ -93,7 +93,9 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
 
 
 def write_previews(preview: PreviewInputs) -> list[Path]:
-    from ..model.sampling import build_pipeline, render_samples, sample_requests, sanity_requests
+    from ..model.long_prompts import prompt_layout
+    from ..model.sampling import (build_pipeline, long_prompt_embeddings, render_samples, sample_requests,
+                                  sanity_requests)
 
     models, cfg = preview.models, preview.cfg
     requests = sample_requests(preview.concepts, preview.first_captions) + sanity_requests(
@@ -104,7 +106,9 @@ def write_previews(preview: PreviewInputs) -> list[Path]:
                               models.scheduler_config, cfg.scheduler)
     use_ema = preview.ema is not None and cfg.infer_ema
     with preview.autocast(), (preview.ema.applied() if use_ema else contextlib.nullcontext()):
+        long_prompts = long_prompt_embeddings(prompt_layout(models.tokenizer, cfg), models.text_encoder,
+                                              cfg.clip_skip, preview.device)
         written = render_samples(pipeline, requests, cfg.resolution, preview.model.samples, str(preview.revision),
-                                 preview.device, clip_skip=cfg.clip_skip)
+                                 preview.device, clip_skip=cfg.clip_skip, long_prompts=long_prompts)
     preview.log(f"saved {len(written)} sample(s) at step {preview.step}" + (" (EMA weights)" if use_ema else ""))
     return written
