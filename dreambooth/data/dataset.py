@@ -130,7 +130,8 @@ class TrainingSet:
                  class_places: list[tuple[int, int]], pairs: list[list[int]], buckets: list[Bucket],
                  captions: list[str], caption_index: list[int], class_caption_index: list[int], input_ids,
                  embeddings, scaling_factor: float, device, *, vae=None, hflip: bool = False,
-                 shuffle: bool = False, keep_tags: int = 1, layout=None, used: list[int] | None = None):
+                 shuffle: bool = False, keep_tags: int = 1, layout=None, used: list[int] | None = None,
+                 dynamic_norm: bool = False):
         self.items = items
         self.class_items = class_items
         self.places = places  # item -> (bucket, row)
@@ -150,6 +151,7 @@ class TrainingSet:
         self.keep_tags = keep_tags
         self.layout = layout  # model.long_prompts.PromptLayout: windows, padding
         self.used = used  # per distinct caption: token positions up to its last EOS
+        self.dynamic_norm = dynamic_norm  # dynamic_img_norm, for latents encoded at every use
         self.seed = 0
 
     def __len__(self) -> int:
@@ -257,6 +259,6 @@ class TrainingSet:
             pixels = to_device(bucket.pixels[torch.tensor(rows)], self.device)
             if flip is not None:
                 pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
-            mean, std = encode(self.vae, pixels, self.device)
+            mean, std = encode(self.vae, pixels, self.device, self.dynamic_norm)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return (mean + std * noise) * self.scaling_factor
