@@ -9,7 +9,7 @@ optimizer's references are untouched.
 """
 from __future__ import annotations
 
-WARM_UP_ITERATIONS = 30  # power iterations for each weight's first estimate
+WARM_UP_ITERATIONS = 100  # power iterations for each weight's first estimate
 
 
 class SpectralNormFreeze:
