@@ -135,3 +135,26 @@ def test_sanity_sample_is_added_with_its_prompt_and_seed(tiny_model, one_image):
     assert len(written) == 2  # the concept's sample and the sanity sample
     text = written[-1].with_suffix(".txt").read_text()
     assert text.startswith("a red cube\n") and "Seed: 1234" in text
+
+
+def test_the_tab_groups_the_older_settings_inside_one_advanced_accordion(models_root):
+    import gradio as gr
+
+    from dreambooth.registry import FIELDS
+    from dreambooth.ui.tab import Tab
+
+    tab = Tab()
+    blocks = tab.build()
+    advanced = [b for b in blocks.blocks.values() if isinstance(b, gr.Accordion) and b.elem_id == "dbt_group_advanced"]
+    assert len(advanced) == 1
+
+    def inside(block):
+        for child in getattr(block, "children", []):
+            yield child
+            yield from inside(child)
+
+    nested = {b.elem_id for b in inside(advanced[0])}
+    older = [f.name for f in FIELDS if f.group.startswith("Advanced:")]
+    assert len(older) >= 25 and all(f"dbt_{name}" in nested for name in older)
+    assert "dbt_learning_rate" not in nested and advanced[0].open is False
+    assert tab.widgets["attention"].choices  # a choice in the tab, not a free text
