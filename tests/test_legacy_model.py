@@ -158,3 +158,35 @@ def test_the_tab_groups_the_older_settings_inside_one_advanced_accordion(models_
     assert len(older) >= 25 and all(f"dbt_{name}" in nested for name in older)
     assert "dbt_learning_rate" not in nested and advanced[0].open is False
     assert tab.widgets["attention"].choices  # a choice in the tab, not a free text
+
+
+def test_the_settings_reach_the_cli_and_the_rest_api(tiny_model, one_image, capsys, monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from dreambooth.api import register_routes
+    from dreambooth.cli import main
+    from dreambooth.config import load_config
+
+    assert main(["params", "tiny", "--set", "max_token_length=150", "--set", "scheduler=DDIM",
+                 "--set", "prior_loss_scale=true"]) == 0
+    cfg, _ = load_config(tiny_model.config_file)
+    assert (cfg.max_token_length, cfg.scheduler, cfg.prior_loss_scale) == (150, "DDIM", True)
+    assert main(["params", "tiny", "--set", "max_token_length=100"]) == 2
+    assert "max_token_length" in capsys.readouterr().err
+
+    app = FastAPI()
+    register_routes(app)
+    client = TestClient(app)
+    url = "/dreambooth-tab/v1/"
+    ok = client.post(url + "params", json={"model_name": "tiny", "params": {"use_dream": True, "attention": "default"}})
+    assert ok.status_code == 200, ok.text
+    for params, field in (({"attention": "flash"}, "attention"), ({"custom_model_name": "../up"}, "custom_model_name"),
+                          ({"pretrained_vae_name_or_path": "/etc/passwd"}, "pretrained_vae_name_or_path")):
+        answer = client.post(url + "params", json={"model_name": "tiny", "params": params})
+        assert answer.status_code == 400 and answer.json()["field"] == field, answer.text
+    monkeypatch.setenv("DREAMBOOTH_DATA_ROOTS", str(one_image))
+    concept = [{"instance_data_dir": str(one_image)}]
+    answer = client.post(url + "start_training", json={"model_name": "tiny",
+                                                         "params": {"attention": "xformers", "concepts_list": concept}})
+    assert answer.status_code == 400 and answer.json()["field"] == "attention", answer.text
