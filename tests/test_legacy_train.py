@@ -239,3 +239,31 @@ def test_disable_class_matching_uses_the_class_folder_as_it_is(tmp_path, tiny_mo
     matched, _ = load_class_images(concepts, items, tiny_model, lambda m: None)
     as_is, owned = load_class_images(concepts, items, tiny_model, lambda m: None, matching=False)
     assert len(matched) == 1 and len(as_is) == 3 and owned == [[0, 1, 2]]
+
+
+def test_long_captions_and_the_loss_settings_train_end_to_end(tiny_model, one_image):
+    """One run with the text settings and loss tricks together: the UNet takes the two-window conditioning,
+    the text encoder trains then freezes (its cache at 154 positions), the preview encodes the long prompt."""
+    caption = ", ".join(f"tag{n} word" for n in range(30))  # over 75 tokens
+    (one_image / f"{sorted(one_image.glob('*.png'))[0].stem}.txt").write_text(caption)
+    concept = {"instance_data_dir": str(one_image), "instance_prompt": "[filewords]", "n_save_sample": 1,
+               "sample_seed": 3, "save_infer_steps": 2, "save_sample_prompt": caption}
+    cfg = quick_config(one_image, num_train_epochs=2, max_token_length=150, pad_tokens=False, strict_tokens=True,
+                       stop_text_encoder=0.5, use_dream=True, input_pertubation=True, split_loss=False,
+                       freeze_spectral_norm=True, scheduler="DDIM", sanity_prompt="a red cube",
+                       concepts_list=[concept])
+    trainer = Trainer(tiny_model, cfg)
+    start = {name: _sigma(p) for name, p in trainer_unet_weights(tiny_model)}
+    result = trainer.run()
+    assert result.state == "done" and result.steps == 2 and len(result.samples) == 2
+    assert trainer.training_set.embeddings.shape[1] == 154  # cached after the text encoder froze
+    assert all(r["loss"] == r["loss"] for r in read_metrics(tiny_model.logging))
+    after = dict(trainer.models.unet.named_parameters())
+    assert all(abs(_sigma(after[name]) - sigma) <= 0.02 * sigma for name, sigma in start.items())
+
+
+def trainer_unet_weights(model):
+    from dreambooth.convert.checkpoint_io import load_state_dict
+
+    weights = load_state_dict(model.working / "unet" / "diffusion_pytorch_model.safetensors")[0]
+    return [(name, w) for name, w in weights.items() if name.endswith(("conv_in.weight", "to_q.weight"))]
