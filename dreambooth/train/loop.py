@@ -96,8 +96,8 @@ class Trainer:
             self.log(f"frozen {' and '.join(cast)} in {accelerator.mixed_precision} (they never train)")
         # buckets, class images (generated when missing), bucket report, latent and text caches
         preparation = PreparationInputs(
-            cfg=cfg, model=self.model, models=models, device=self.device, class_image_seed=pick_seed(training_seed(cfg)),
-            is_main_process=accelerator.is_main_process, wait_for_everyone=accelerator.wait_for_everyone,
+            cfg=cfg, model=self.model, models=models, device=self.device,
+            class_image_seed=pick_seed(training_seed(cfg)), is_main_process=accelerator.is_main_process, wait_for_everyone=accelerator.wait_for_everyone,
             autocast=accelerator.autocast, log=self.log, set_state=lambda state: control.update(state=state),
             canceled=control.cancel_requested.is_set)
         self.training_set = prepare_training_set(preparation, concepts, pairs)
@@ -121,7 +121,8 @@ class Trainer:
             set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
             if cfg.freeze_clip_normalization:
                 freeze_clip_norms(models.text_encoder)
-        groups = optimizer_groups(cfg, models.unet, models.text_encoder, self.learning_rates, self.text_encoder_training)
+        groups = optimizer_groups(cfg, models.unet, models.text_encoder, self.learning_rates,
+                                  self.text_encoder_training)
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
@@ -254,7 +255,8 @@ class Trainer:
         lr = self.lr_scheduler.get_last_lr()[0]
         if accelerator.num_processes > 1:  # different noise per process, reproducible on resume from the step
             self.generator.manual_seed((self.seed * 1_000_003 + self.global_step) * 1009 + accelerator.process_index)
-        self.step_inputs.prior_loss_weight = weight = prior_weight(self.cfg, self.global_step / self.plan.steps_per_epoch)
+        weight = prior_weight(self.cfg, self.global_step / self.plan.steps_per_epoch)  # annealed per step
+        self.step_inputs.prior_loss_weight = weight
         total_loss = total_prior = total_instance = 0.0
         for index, indices in enumerate(group):
             last = index == len(group) - 1
