@@ -11,8 +11,10 @@ _NATIVE_RESOLUTION = {"v1x": 512, "v2x-512": 512, "v2x": 768, "SDXL": 1024}
 
 
 def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
-              bnb_available: bool = False, xformers_available: bool = False) -> tuple[dict, list[str]]:
+              bnb_available: bool = False, xformers_available: bool = False,
+              bf16_available: bool | None = None) -> tuple[dict, list[str]]:
     """Settings for a GPU with `vram_gb` GB (None or 0 = no GPU: CPU/MPS) and `image_count` instance images.
+    `bf16_available`: whether the GPU computes in bf16 (None = not known: assumed, with a note).
 
     Returns (changes: field name -> value, reasons: one readable line per decision).
     """
@@ -52,16 +54,19 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         changes.update(stop_text_encoder=0.0, use_ema=False)
         reasons.append("no GPU: stop_text_encoder = 0 and use_ema = False (each costs time on a CPU)")
     else:
-        changes["mixed_precision"] = "fp16"
-        reasons.append("mixed_precision = fp16: halves activation memory on a GPU")
-        if bnb_available and eff < 24:
-            changes["optimizer"] = "8bit AdamW"
-            reasons.append(f"optimizer = 8bit AdamW: {vram:g} GB is tight and bitsandbytes is usable "
-                           "(optimizer state in 8 bits)")
+        if eff < 12 and bf16_available is not False:  # precision, optimizer and accumulation chosen with it
+            _fused_backward(changes, reasons, vram, eff, bnb_available, bf16_available)
         else:
-            changes["optimizer"] = "Torch AdamW"
-            why = "enough VRAM for full-precision optimizer state" if eff >= 24 else "bitsandbytes is not usable"
-            reasons.append(f"optimizer = Torch AdamW: {why}")
+            changes["mixed_precision"] = "fp16"
+            reasons.append("mixed_precision = fp16: halves activation memory on a GPU")
+            if bnb_available and eff < 24:
+                changes["optimizer"] = "8bit AdamW"
+                reasons.append(f"optimizer = 8bit AdamW: {vram:g} GB is tight and bitsandbytes is usable "
+                               "(optimizer state in 8 bits)")
+            else:
+                changes["optimizer"] = "Torch AdamW"
+                why = "enough VRAM for full-precision optimizer state" if eff >= 24 else "bitsandbytes is not usable"
+                reasons.append(f"optimizer = Torch AdamW: {why}")
         checkpointing = eff < 16
         changes["gradient_checkpointing"] = checkpointing
         reasons.append(f"gradient_checkpointing = {checkpointing}: "
@@ -82,13 +87,17 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
                        + ("an EMA copy of the UNet fits in 24 GB and smooths the result" if eff >= 24
                           else "no room for an EMA copy of the UNet below 24 GB"))
 
-    # Effective batch ~ images / 5, between 1 and 8: small sets keep per-image updates, big sets smooth out.
-    target = max(1, min(8, images // 5))
-    batch = changes["train_batch_size"]
-    accumulation = max(1, target // batch)
-    changes["gradient_accumulation_steps"] = accumulation
-    reasons.append(f"gradient_accumulation_steps = {accumulation}: effective batch {batch * accumulation} "
-                   f"for {images} images (about one fifth, 1 to 8)")
+    if not changes.get("fused_backward_pass"):
+        # Effective batch ~ images / 5, between 1 and 8: small sets keep per-image updates, big sets smooth out.
+        target = max(1, min(8, images // 5))
+        batch = changes["train_batch_size"]
+        accumulation = max(1, target // batch)
+        changes["gradient_accumulation_steps"] = accumulation
+        reasons.append(f"gradient_accumulation_steps = {accumulation}: effective batch {batch * accumulation} "
+                       f"for {images} images (about one fifth, 1 to 8)")
+    if gpu and eff < 12 and bf16_available is False:
+        reasons.append(f"warning: a full fine-tune needs about 12 GB without the fused backward pass, which needs "
+                       f"bf16 (this GPU has none); expect out-of-memory errors at {vram:g} GB")
     if sdxl and gpu and vram < 12:
         reasons.append(f"warning: {vram:g} GB is below what a full SDXL fine-tune needs (about 12 GB with "
                        "8bit AdamW and checkpointing); expect out-of-memory errors")
@@ -97,3 +106,24 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         reasons.append("attention = " + ("xformers: it is importable here" if xformers_available
                                          else "sdpa: PyTorch's own, as fast as xformers on recent GPUs"))
     return changes, reasons
+
+
+def _fused_backward(changes: dict, reasons: list[str], vram: float, eff: float, bnb_available: bool,
+                    bf16_available: bool | None) -> None:
+    """Below 12 GB (SD1.x scale) the fp32 gradients of a full fine-tune (3.4 GB at SD1.5) do not fit beside the
+    weights and optimizer state: step each weight inside the backward pass and free its gradient at once."""
+    changes.update(fused_backward_pass=True, gradient_accumulation_steps=1, mixed_precision="bf16")
+    reasons.append(f"fused_backward_pass = True: at {vram:g} GB the UNet's gradients do not fit beside its weights; "
+                   "each weight is stepped and its gradient freed during the backward pass")
+    reasons.append("gradient_accumulation_steps = 1: the fused backward pass applies every batch at once")
+    reasons.append("mixed_precision = bf16: the fused backward pass cannot use fp16's loss scaler"
+                   + (" (bf16 needs an RTX 30xx or newer; on older GPUs turn fused_backward_pass off)"
+                      if bf16_available is None else ""))
+    if eff < 8 or not bnb_available:
+        changes["optimizer"] = "Adafactor"
+        reasons.append("optimizer = Adafactor: almost no optimizer state (factored second moments, no momentum), "
+                       + (f"so the weights fit in {vram:g} GB" if eff < 8 else "and bitsandbytes is not usable"))
+    else:
+        changes["optimizer"] = "8bit AdamW"
+        reasons.append(f"optimizer = 8bit AdamW: {vram:g} GB is tight and bitsandbytes is usable "
+                       "(optimizer state in 8 bits)")

@@ -10,10 +10,14 @@ TABLE = [
     (0, 10, "v1x", False, False, dict(mixed_precision="no", train_batch_size=1, gradient_accumulation_steps=2,
                                       optimizer="Torch AdamW", gradient_checkpointing=False, resolution=512)),
     (None, 3, "v1x", True, False, dict(mixed_precision="no", optimizer="Torch AdamW", gradient_accumulation_steps=1)),
-    (8, 20, "v1x", True, False, dict(mixed_precision="fp16", optimizer="8bit AdamW", gradient_checkpointing=True,
-                                     train_batch_size=1, gradient_accumulation_steps=4, sample_batch_size=1)),
-    (8, 20, "v1x", False, False, dict(optimizer="Torch AdamW", gradient_checkpointing=True, stop_text_encoder=0.0,
-                                      use_ema=False)),
+    # below 12 GB: the fused backward pass (bf16, accumulation 1); Adafactor below 8 GB or without bitsandbytes
+    (8, 20, "v1x", True, False, dict(mixed_precision="bf16", optimizer="8bit AdamW", gradient_checkpointing=True,
+                                     train_batch_size=1, gradient_accumulation_steps=1, sample_batch_size=1,
+                                     fused_backward_pass=True)),
+    (8, 20, "v1x", False, False, dict(optimizer="Adafactor", gradient_checkpointing=True, stop_text_encoder=0.0,
+                                      use_ema=False, fused_backward_pass=True)),
+    (6, 20, "v1x", True, False, dict(optimizer="Adafactor", fused_backward_pass=True, mixed_precision="bf16")),
+    (12, 20, "v1x", True, False, dict(optimizer="8bit AdamW", mixed_precision="fp16", gradient_accumulation_steps=4)),
     (12, 5, "v2x", True, True, dict(resolution=768, sample_batch_size=2, train_batch_size=1)),
     (16, 40, "v1x", True, False, dict(train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=False,
                                       stop_text_encoder=0.75, use_ema=False)),
@@ -38,6 +42,14 @@ def test_table(vram, images, model_type, bnb, xf, expected):
         assert key in FIELD_BY_NAME
         cfg.set(key, value)
         assert any(key in line for line in reasons), key
+
+
+def test_without_bf16_no_fused_pass_and_a_warning():
+    changes, reasons = recommend(8, 20, "v1x", True, False, bf16_available=False)
+    assert "fused_backward_pass" not in changes and changes["mixed_precision"] == "fp16"
+    assert any(line.startswith("warning") and "bf16" in line for line in reasons)
+    _, reasons = recommend(8, 20, "v1x", True, False)  # not known: assumed, with the caveat named
+    assert any("RTX 30xx" in line for line in reasons)
 
 
 def test_sdxl_low_vram_warns():

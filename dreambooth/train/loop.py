@@ -18,6 +18,7 @@ from .control import TrainControl
 from .plan import TrainPlan, plan_from_config, shard_groups
 from .schedulers import build_lr_scheduler, learning_rate_factor, learning_rates, spec_from_config
 from .ema import EMA, resolve_update_every
+from .fused_backward import FusedBackward, check_fused_backward
 from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
                     set_text_encoder_trainable, text_encoder_epochs)
 from .pace import TrainingPace
@@ -85,6 +86,8 @@ class Trainer:
 
         self.accelerator = accelerator = make_accelerator(cfg, self.log)
         self.device = accelerator.device
+        if cfg.fused_backward_pass:  # refused before the slow preparation when it cannot train this
+            check_fused_backward(cfg, accelerator.num_processes, accelerator.mixed_precision)
         self.check_every = self._check_every_override or (1 if self.device.type == "cpu" else LOG_EVERY)
         self.models = models = load_models(self.model, self.device, cfg)
         if not cfg.train_unet:
@@ -97,8 +100,8 @@ class Trainer:
         # buckets, class images (generated when missing), bucket report, latent and text caches
         preparation = PreparationInputs(
             cfg=cfg, model=self.model, models=models, device=self.device,
-            class_image_seed=pick_seed(training_seed(cfg)), is_main_process=accelerator.is_main_process, wait_for_everyone=accelerator.wait_for_everyone,
-            autocast=accelerator.autocast, log=self.log, set_state=lambda state: control.update(state=state),
+            class_image_seed=pick_seed(training_seed(cfg)), is_main_process=accelerator.is_main_process,
+            wait_for_everyone=accelerator.wait_for_everyone, autocast=accelerator.autocast, log=self.log, set_state=lambda state: control.update(state=state),
             canceled=control.cancel_requested.is_set)
         self.training_set = prepare_training_set(preparation, concepts, pairs)
         self._offload_frozen(text_encoder_frozen)
@@ -126,6 +129,11 @@ class Trainer:
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
+        self.fused = None
+        if cfg.fused_backward_pass:
+            self.fused = FusedBackward(optimizer, cfg.max_grad_norm)
+            self.log("fused backward pass: each weight is stepped and its gradient freed during the backward pass"
+                     + (f" (max_grad_norm {cfg.max_grad_norm:g} clips each tensor)" if cfg.max_grad_norm > 0 else ""))
         if self.text_encoder_training:
             self.unet, self.text_encoder, self.optimizer = accelerator.prepare(models.unet, models.text_encoder,
                                                                                optimizer)
@@ -184,7 +192,11 @@ class Trainer:
     # the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         with deterministic_algorithms(self.cfg.deterministic):
-            return self._run()
+            try:
+                return self._run()
+            finally:
+                if getattr(self, "fused", None) is not None:  # the UNet may outlive this run (tests, the bench)
+                    self.fused.remove()
 
     def _run(self) -> TrainResult:
         self._prepare()
@@ -269,12 +281,13 @@ class Trainer:
             total_prior = total_prior + prior_part.detach() / len(group)
             total_instance = total_instance + instance_part.detach() / len(group)
         self._watch_for_nan(total_loss)
-        clip_gradients(accelerator.clip_grad_norm_, *self._parameter_lists(), self.cfg.max_grad_norm,
-                       self.cfg.tenc_grad_clip_norm)
-        self.optimizer.step()
+        if self.fused is None:  # (fused: every tensor was stepped and its gradient freed during backward)
+            clip_gradients(accelerator.clip_grad_norm_, *self._parameter_lists(), self.cfg.max_grad_norm,
+                           self.cfg.tenc_grad_clip_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=self.cfg.gradient_set_to_none)
         if self.spectral is not None:
             self.spectral.apply()
-        self.optimizer.zero_grad(set_to_none=self.cfg.gradient_set_to_none)
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update()
