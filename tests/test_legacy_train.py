@@ -130,23 +130,33 @@ def test_input_perturbation_moves_the_input_but_not_the_target(tiny_parts, tmp_p
     assert _loss(plain) == _loss(plain) and _loss(plain) != _loss(perturbed)
 
 
-def test_dream_shifts_input_and_target_by_the_models_own_error(tiny_parts):
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_dream_shifts_input_and_target_by_the_models_own_error(tiny_parts, prediction):
     from diffusers import DDPMScheduler
 
     from dreambooth.convert.diffusers_io import SCHEDULER_CONFIG
     from dreambooth.train.loss_tricks import dream_adjust
+    from dreambooth.train.losses import target_for
 
-    unet, scheduler = tiny_parts[0], DDPMScheduler.from_config(SCHEDULER_CONFIG)
+    unet = tiny_parts[0]
+    scheduler = DDPMScheduler.from_config(dict(SCHEDULER_CONFIG, prediction_type=prediction))
     latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     timesteps, context = torch.tensor([100, 700]), torch.randn(2, 77, unet.config.cross_attention_dim)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    adjusted, target = dream_adjust(unet, scheduler, noisy, noise, noise, timesteps, context, 1.0)
+    target = target_for(scheduler, latents, noise, timesteps)
+    adjusted, moved = dream_adjust(unet, scheduler, noisy, target, noise, timesteps, context, 1.0)
     with torch.no_grad():
         predicted = unet(noisy, timesteps, context).sample
     alphas = scheduler.alphas_cumprod[timesteps][:, None, None, None]
+    if prediction == "v_prediction":  # the model's noise estimate from its v estimate
+        predicted = alphas.sqrt() * predicted + (1 - alphas).sqrt() * noisy
     delta = (noise - predicted) * (1 - alphas).sqrt()  # λ = sqrt(1 - ᾱ)^1
     assert torch.allclose(adjusted, noisy + (1 - alphas).sqrt() * delta, atol=1e-5)
-    assert torch.allclose(target, noise + delta, atol=1e-5)
+    shift = alphas.sqrt() if prediction == "v_prediction" else 1.0
+    assert torch.allclose(moved, target + shift * delta, atol=1e-5)
+    # the v target still matches the moved input: v = sqrt(ᾱ)·ε' − sqrt(1 − ᾱ)·x0 with ε' = ε + δ
+    if prediction == "v_prediction":
+        assert torch.allclose(moved, scheduler.get_velocity(latents, noise + delta, timesteps), atol=1e-5)
 
 
 def test_deterministic_runs_repeat_with_seed_minus_one(models_root, tiny_checkpoint, one_image):
