@@ -193,7 +193,6 @@ def _cancel(args: dict) -> dict:
 def _start_training(args: dict) -> dict:
     from .platform import modellock, pathpolicy
     from .service import operations
-    from .data.dataset import check_concepts
     from .service.jobs import runner
     from .store import model_dir
 
@@ -202,7 +201,7 @@ def _start_training(args: dict) -> dict:
     _apply(cfg, args.get("params"))
     pathpolicy.check_config(cfg)
     modellock.check_free(model_dir(name).path)  # another process trains it: 409 now, not a failed job later
-    count = check_concepts(cfg.concepts())
+    count = operations.preflight(cfg)  # concept folders, attention
     runner().start_training(name, cfg, resume=bool(args.get("resume", False)))
     return {"message": f"training '{name}' started ({count} images)", "_status": 202}
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from .errors import DreamboothError, shorten
 from .migrations import OLDER_BOOKKEEPING_KEYS, migrate, stamped
 from .platform.fsutil import atomic_write_json
+from .store import check_model_name
 from .registry import CONCEPT_FIELD_BY_NAME, CONCEPT_FIELDS, FIELD_BY_NAME, FIELDS, Field
 
 
@@ -148,6 +149,8 @@ class TrainConfig:
         check_bounds(spec, value)
         if name == "concepts_list":
             concepts_from_list(value)  # validates every concept now, not at train time
+        if name == "custom_model_name" and value.strip():  # becomes a file (and folder) name
+            value = check_model_name(value, field=name)
         self._values[name] = value
         if name in ("use_concepts", "concepts_path") and self.use_concepts and self.concepts_path.strip():
             load_concepts_source(self.concepts_path)  # a bad concepts file fails here, not at train time

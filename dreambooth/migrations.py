@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .errors import DreamboothError
+from .registry import SAMPLERS
 
 FORMAT_KEY = "format_version"
 FORMAT_VERSION = 1
@@ -19,7 +20,15 @@ FORMAT_VERSION = 1
 OLDER_BOOKKEEPING_KEYS = frozenset({"is_valid", "model_dir", "pretrained_model_name_or_path", "model_path",
                                     "lifetime_revision", "initial_revision", "v2", "has_ema"})
 _OLDER_KEY_NAMES = {"deis_train_scheduler": "noise_scheduler"}
-_OLDER_VALUE_NAMES = {"optimizer": {"8Bit Adam": "8bit AdamW", "AdamW": "Torch AdamW"}}
+_OLDER_VALUE_NAMES = {
+    "optimizer": {"8Bit Adam": "8bit AdamW", "AdamW": "Torch AdamW"},
+    # its "default" was diffusers' default processor, which is PyTorch SDPA on torch 2; flash_attention it
+    # replaced itself with its last choice
+    "attention": {"default": "sdpa", "flash_attention": "sdpa"},
+}
+# Settings the older extension stored but never used: an older file's value says nothing about what its user
+# wanted, so they start from our default (which a user then changes on purpose).
+_OLDER_UNUSED = {"input_pertubation": False}
 
 
 def _from_older_extension(data: dict[str, Any], known: Callable[[str], bool]) -> tuple[dict, list[str]]:
@@ -32,6 +41,12 @@ def _from_older_extension(data: dict[str, Any], known: Callable[[str], bool]) ->
         if name in OLDER_BOOKKEEPING_KEYS:
             continue
         renamed = _OLDER_VALUE_NAMES.get(name, {}).get(value) if isinstance(value, str) else None
+        if name == "scheduler" and isinstance(value, str) and value not in SAMPLERS:
+            renamed = _older_sampler(value)
+        if name in _OLDER_UNUSED and value != _OLDER_UNUSED[name]:
+            notes.append(f"{name}: had no effect in the older extension, so it starts off here "
+                         f"(set it to {value!r} to use it)")
+            value = _OLDER_UNUSED[name]
         if renamed is not None:
             notes.append(f"{name}: '{value}' is now called '{renamed}'")
             value = renamed
@@ -40,6 +55,15 @@ def _from_older_extension(data: dict[str, Any], known: Callable[[str], bool]) ->
                      if isinstance(concept, dict) else concept for concept in value]
         migrated[name] = value
     return migrated, notes
+
+
+def _older_sampler(value: str) -> str:
+    """The older extension matched sampler names case-insensitively ("ddim" was its default) and offered a
+    few that need packages we do not install (LMS: scipy, DPMSolverSDE: torchsde): the nearest we have."""
+    for name in SAMPLERS:
+        if value.lower().removesuffix("scheduler") == name.lower():
+            return name
+    return "DPMSolverMultistep"
 
 
 # MIGRATIONS[n] takes a file at version n to version n + 1

@@ -24,6 +24,11 @@ LR_SCHEDULERS = (
 )
 OPTIMIZERS = ("Torch AdamW", "8bit AdamW", "Adafactor", "Lion", "8bit Lion", "Prodigy", "AdamW Dadaptation")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# Preview and class-image samplers (diffusers scheduler classes without the "Scheduler" suffix, as the older
+# extension named them); each is built from the model's own noise schedule.
+SAMPLERS = ("PNDM", "DDIM", "DDPM", "DEISMultistep", "DPMSolverMultistep", "DPMSolverSinglestep", "EulerDiscrete",
+            "EulerAncestralDiscrete", "HeunDiscrete", "KDPM2Discrete", "KDPM2AncestralDiscrete", "UniPCMultistep")
+ATTENTION = ("default", "sdpa", "xformers")
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,83 @@ _SAVING = [
        minimum=1, maximum=1000),
 ]
 
+# The older extension's remaining settings, each with its meaning there (README "Advanced settings"). The tab
+# shows these groups inside one closed "Advanced" accordion.
+_ADVANCED_MODEL = "Advanced: model and sampling"
+_ADVANCED_TEXT = "Advanced: text encoder and prompts"
+_ADVANCED_LOSS = "Advanced: loss and noise"
+_ADVANCED = [
+    _f("custom_model_name", str, "", _ADVANCED_MODEL, "Custom model name",
+       "Base name of the checkpoints written by saves and Generate Ckpt (<name>_<step>.safetensors, and the "
+       "subdirectory with use_subdir); empty = the model's name."),
+    _f("pretrained_vae_name_or_path", str, "", _ADVANCED_MODEL, "Alternate VAE",
+       "Train (latents are encoded with it) and export with this VAE instead of the model's own: a diffusers "
+       "VAE folder (config.json + weights) or a .safetensors VAE file as in models/VAE; empty = the model's."),
+    _f("scheduler", str, "PNDM", _ADVANCED_MODEL, "Image generation scheduler",
+       "The sampler for previews and class images, built from the model's noise schedule.", choices=SAMPLERS),
+    _f("attention", str, "sdpa", _ADVANCED_MODEL, "Attention",
+       "default: diffusers' plain attention (most memory); sdpa: PyTorch scaled-dot-product attention (fast, "
+       "memory-efficient); xformers: needs the xformers package and a CUDA GPU.", choices=ATTENTION),
+    _f("sanity_prompt", str, "", _ADVANCED_MODEL, "Sanity sample prompt",
+       "An extra preview at every preview with this prompt and sanity_seed: the same picture each time, so "
+       "overtraining shows as it drifts (empty = none)."),
+    _f("sanity_seed", int, 420420, _ADVANCED_MODEL, "Sanity sample seed", "Seed of the sanity sample.",
+       minimum=0, maximum=2**32 - 1),
+    _f("deterministic", bool, False, _ADVANCED_MODEL, "Deterministic",
+       "Deterministic algorithms only (cuDNN and CUDA included; slower on a GPU), and seed 0 when seed is -1: "
+       "two runs of the same settings give the same weights."),
+    _f("full_mixed_precision", bool, False, _ADVANCED_MODEL, "Full mixed precision",
+       "With mixed_precision bf16, hold the UNet's own weights in bf16 (no fp32 copy: about half the UNet "
+       "memory, coarser updates). fp16 weights would need a loss scaler that cannot unscale them: with fp16 "
+       "the weights stay fp32."),
+    _f("max_token_length", int, 75, _ADVANCED_TEXT, "Max token length",
+       "Caption tokens used: 75, or 150/225/300 for long captions, encoded in 75-token chunks and joined as "
+       "the WebUI encodes long prompts (use the same prompts in txt2img).",
+       minimum=75, maximum=300, multiple_of=75),
+    _f("pad_tokens", bool, True, _ADVANCED_TEXT, "Pad tokens",
+       "Pad every caption to the full length (max_token_length in 77-token chunks, as the WebUI does); off = "
+       "pad only to the longest caption of the training set (shorter text conditioning)."),
+    _f("strict_tokens", bool, False, _ADVANCED_TEXT, "Strict tokens",
+       "Encode each part of a caption separated by , ; . ! or ? between its own start and end tokens, so "
+       "tags do not run into each other."),
+    _f("freeze_clip_normalization", bool, False, _ADVANCED_TEXT, "Freeze CLIP normalization layers",
+       "While the text encoder trains, its layer norms keep their weights and it runs in eval mode (no dropout)."),
+    _f("tenc_weight_decay", float, 0.01, _ADVANCED_TEXT, "Text encoder weight decay",
+       "Weight decay of the text encoder's parameters (weight_decay is the UNet's).", minimum=0, maximum=1),
+    _f("tenc_grad_clip_norm", float, 0.0, _ADVANCED_TEXT, "Text encoder max grad norm",
+       "Clip the text encoder's gradient norm to this value on its own (0 = clipped together with the UNet "
+       "by max_grad_norm).", minimum=0, maximum=1000),
+    _f("train_unet", bool, True, _ADVANCED_LOSS, "Train UNet",
+       "Off: the UNet stays exactly as it is and only the text encoder trains (set stop_text_encoder above 0)."),
+    _f("prior_loss_scale", bool, False, _ADVANCED_LOSS, "Scale prior loss",
+       "Lower the prior loss weight linearly from prior_loss_weight to prior_loss_weight_min over the first "
+       "prior_loss_target epochs, then keep the minimum."),
+    _f("prior_loss_target", int, 100, _ADVANCED_LOSS, "Prior loss target (epochs)",
+       "Epochs over which the prior loss weight falls to its minimum.", minimum=1, maximum=100000),
+    _f("prior_loss_weight_min", float, 0.1, _ADVANCED_LOSS, "Minimum prior loss weight",
+       "The prior loss weight at and after prior_loss_target epochs.", minimum=0, maximum=10),
+    _f("disable_class_matching", bool, False, _ADVANCED_LOSS, "Disable class matching",
+       "Use the class folder's images as they are: every one found is used, none is generated to match the "
+       "instance captions or the count num_class_images_per asks for."),
+    _f("split_loss", bool, True, _ADVANCED_LOSS, "Split loss",
+       "Average the instance and the prior (class) loss separately, then add them with prior_loss_weight; "
+       "off = one average over all rows, class rows weighted by prior_loss_weight."),
+    _f("input_pertubation", bool, False, _ADVANCED_LOSS, "Input perturbation",
+       "Perturb the noise added to the latents by 0.1 x extra noise while the target stays the unperturbed "
+       "noise (Ning et al. 2023; diffusers' --input_perturbation 0.1): less exposure bias."),
+    _f("use_dream", bool, False, _ADVANCED_LOSS, "Use DREAM",
+       "DREAM (Zhou et al. 2023): shift the noisy input and the target by the model's own error (one extra "
+       "UNet forward per step without gradients): sharper detail, about 30% slower steps."),
+    _f("dream_detail_preservation", float, 0.5, _ADVANCED_LOSS, "DREAM detail preservation",
+       "Power p of DREAM's weight (1 - alpha_cumprod)^p: higher keeps more detail.", minimum=0, maximum=10),
+    _f("dynamic_img_norm", bool, False, _ADVANCED_LOSS, "Dynamic image normalization",
+       "Normalize each image by its own mean and standard deviation before the VAE instead of mapping "
+       "pixels to [-1, 1]."),
+    _f("freeze_spectral_norm", bool, False, _ADVANCED_LOSS, "Freeze spectral norm",
+       "Keep the spectral norm of every UNet linear and conv weight at its starting value while training "
+       "(sigma-reparametrization, Zhai et al. 2023): steadier training at higher learning rates."),
+]
+
 _CONCEPTS = [
     _f("use_concepts", bool, False, "Concepts", "Use concepts list",
        "Read the concepts from concepts_path (a JSON file or JSON text) instead of the editors."),
@@ -244,7 +326,8 @@ _CONCEPTS = [
 ]
 
 FIELDS: tuple[Field, ...] = tuple(
-    _MODEL + _INTERVALS + _BATCHING + _LEARNING_RATE + _TRAINING + _IMAGES + _PRECISION + _SAVING + _CONCEPTS)
+    _MODEL + _INTERVALS + _BATCHING + _LEARNING_RATE + _TRAINING + _IMAGES + _PRECISION + _SAVING + _ADVANCED
+    + _CONCEPTS)
 
 CONCEPT_FIELDS: tuple[Field, ...] = (
     _f("instance_data_dir", str, "", "Instance", "Dataset directory",

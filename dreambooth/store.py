@@ -12,15 +12,16 @@ CONFIG_FILE = "db_config.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
 
 
-def check_model_name(name: str) -> str:
+def check_model_name(name: str, field: str = "model_name") -> str:
     """A name is one plain folder name: letters, digits, '.', '_', '-', spaces; no path tricks."""
     name = (name or "").strip()
+    what = "model name" if field == "model_name" else field
     if not name:
-        raise DreamboothError("model name is empty: enter a name for the model", field="model_name")
+        raise DreamboothError(f"{what} is empty: enter a name for the model", field=field)
     if not _NAME_RE.match(name) or ".." in name:
         raise DreamboothError(
-            f"model name {shorten(name)} is not allowed: use letters, digits, '.', '_', '-' and spaces "
-            "(no '/', '\\' or '..'), starting with a letter or digit", field="model_name")
+            f"{what} {shorten(name)} is not allowed: use letters, digits, '.', '_', '-' and spaces "
+            "(no '/', '\\' or '..'), starting with a letter or digit", field=field)
     return name
 
 

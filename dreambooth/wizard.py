@@ -108,8 +108,9 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         reasons.append(f"warning: {vram:g} GB is below what a full SDXL fine-tune needs (about 12 GB with "
                        "8bit AdamW and checkpointing); expect out-of-memory errors")
     if gpu:
-        reasons.append("attention: " + ("xformers is importable and is used on CUDA (SDPA if it fails to load)"
-                                        if xformers_available else "PyTorch SDPA (as fast as xformers on recent GPUs)"))
+        changes["attention"] = "xformers" if xformers_available else "sdpa"
+        reasons.append("attention = " + ("xformers: it is importable here" if xformers_available
+                                         else "sdpa: PyTorch's own, as fast as xformers on recent GPUs"))
     return changes, reasons
 
 

@@ -41,13 +41,11 @@ def test_bench_rejects_bad_step_counts(capsys):
 
 
 def test_cpu_attention_is_sdpa_and_compile_is_opt_in():
-    import torch
-
     from dreambooth.registry import FIELD_BY_NAME
     from dreambooth.model.tiny import build_components
-    from dreambooth.train.setup import use_fast_attention
+    from dreambooth.model.attention import set_attention
 
     unet = build_components("tiny")["unet"]
-    assert use_fast_attention(unet, torch.device("cpu")) == "sdpa"
+    assert set_attention([unet], FIELD_BY_NAME["attention"].default, "cpu") == "sdpa"
     assert {type(p).__name__ for p in unet.attn_processors.values()} == {"AttnProcessor2_0"}
     assert FIELD_BY_NAME["compile_unet"].default is False

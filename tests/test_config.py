@@ -107,3 +107,34 @@ def test_model_names_cannot_escape(name, tmp_path):
 
 def test_good_model_name():
     assert check_model_name(" my model_v1.2 ") == "my model_v1.2"
+
+
+# The keys branch "lora" adds (issue 13, section 1); until then they are reported like the README's table.
+OLDER_LORA_KEYS = {"use_lora", "use_lora_extended", "lora_learning_rate", "lora_txt_learning_rate", "lora_unet_rank",
+                   "lora_txt_rank", "lora_weight", "lora_model_name", "lora_use_buggy_requires_grad",
+                   "save_lora_during", "save_lora_after", "save_lora_cancel", "save_lora_for_extra_net"}
+
+
+def _readme_unsupported_keys() -> set[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = text.split("**Not supported, and why.**", 1)[1].split("\n\n", 2)[1]
+    return {key for row in table.splitlines()[2:] for key in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+
+
+def test_a_whole_older_extension_file_reports_only_the_readme_table_as_unknown():
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "older_db_config.json").read_text())
+    cfg, warnings = config_from_dict(data)
+    table = _readme_unsupported_keys()
+    assert {"noise_scheduler", "ema_predict"} <= table
+    assert set(cfg.extras) - OLDER_LORA_KEYS == table
+    assert sum("unknown key" in w for w in warnings) == 1  # in one line
+    # the section-2 settings are read with their older meaning (and older value names)
+    assert (cfg.scheduler, cfg.attention, cfg.max_token_length, cfg.sanity_seed, cfg.prior_loss_target) == \
+        ("DDIM", "xformers", 75, 420420, 100)
+    assert cfg.split_loss and cfg.full_mixed_precision and not cfg.input_pertubation
+    assert any("input_pertubation" in w for w in warnings)

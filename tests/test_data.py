@@ -29,7 +29,7 @@ def test_truncated_caption_warns_naming_the_file(tmp_path, tiny_parts):
     warnings = []
     _, pairs = pairs_for(folder)
     build(pairs, tiny_parts, warn=warnings.append)
-    assert len(warnings) == 1 and str(long) in warnings[0] and "77" in warnings[0]
+    assert len(warnings) == 1 and str(long) in warnings[0] and "max_token_length 75" in warnings[0]
 
 
 def test_bucket_sizes_keep_the_area_and_the_step():

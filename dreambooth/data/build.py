@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..model.long_prompts import PromptLayout
 from ..model.text import encode_text
 from .buckets import bucket_sizes, nearest_bucket
-from .cache import DiskCache, encode_rows, entry_key, file_digest, vae_fingerprint
+from .cache import DiskCache, encode_rows, entry_key, file_digest, norm_fingerprint, vae_fingerprint
 from .captions import warn_truncated
 from .dataset import Bucket, TrainItem, TrainingSet, tokenize
 from .images import load_pixels
@@ -26,8 +27,8 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
                        owned: list[list[int]] | None = None, cache_latents: bool = True,
                        cache_dir: Path | None = None, enable_buckets: bool = True, step: int = 64,
                        hflip: bool = False, shuffle_tags: bool = False, keep_tags: int = 1,
-                       cache_text: bool = True, warn: Callable[[str], None] | None = None,
-                       log: Callable[[str], None] | None = None,
+                       cache_text: bool = True, layout=None, dynamic_norm: bool = False,
+                       warn: Callable[[str], None] | None = None, log: Callable[[str], None] | None = None,
                        progress: Callable[[str], None] | None = None) -> TrainingSet:
     """Encode the instance (item, image info) pairs and the class pairs once, one chunk of images at a time.
 
@@ -54,7 +55,7 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
         rows[b].append(number)
 
     disk = DiskCache(cache_dir) if cache_latents and cache_dir is not None else None
-    fingerprint = vae_fingerprint(vae) if disk is not None else ""
+    fingerprint = norm_fingerprint(vae_fingerprint(vae), dynamic_norm) if disk is not None else ""
     digests: dict[Path, str] = {}
     buckets = []
     done = [0]  # images encoded (or read from the disk cache) so far, for the status line
@@ -75,7 +76,8 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
             if disk is not None:
                 keys = {flip: [entry_key(_digest(digests, entries[n][0].path), size, flip, resolution, fingerprint)
                                for n in members] for flip in flips}
-            latents = encode_rows(vae, load, len(members), size, device, keys, disk, flips, on_encoded=encoded)
+            latents = encode_rows(vae, load, len(members), size, device, keys, disk, flips, dynamic_norm,
+                                  on_encoded=encoded)
             bucket.mean, bucket.std = latents[False]
             if hflip:
                 bucket.mean_flip, bucket.std_flip = latents[True]
@@ -90,9 +92,10 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     by_caption: dict[str, list[Path]] = {}
     for item, _ in entries:
         by_caption.setdefault(item.caption, []).append(item.path)
-    warn_truncated(by_caption, tokenizer, warn)
+    layout = layout or PromptLayout(tokenizer)
+    warn_truncated(by_caption, layout, warn)
     index = {caption: n for n, caption in enumerate(captions)}
-    input_ids = tokenize(captions, tokenizer, device)
+    input_ids, used = tokenize(captions, layout, device)
     embeddings = None
     if cache_text and not shuffle_tags:
         with torch.no_grad():
@@ -100,7 +103,8 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     return TrainingSet(items, class_items, places[:len(items)], places[len(items):], owned, buckets, captions,
                        [index[item.caption] for item in items], [index[item.caption] for item in class_items],
                        input_ids, embeddings, vae.config.scaling_factor, device, vae=None if cache_latents else vae,
-                       hflip=hflip, shuffle=shuffle_tags, keep_tags=keep_tags, tokenizer=tokenizer)
+                       hflip=hflip, shuffle=shuffle_tags, keep_tags=keep_tags, layout=layout, used=used,
+                       dynamic_norm=dynamic_norm)
 
 
 def _digest(memo: dict, path: Path) -> str:

@@ -47,13 +47,28 @@ def entry_key(digest: str, size: tuple[int, int], flip: bool, resolution: int, f
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def encode(vae, pixels, device):
+def encode(vae, pixels, device, dynamic_norm: bool = False):
     """(mean, std) float32 of the VAE latent distribution for uint8 pixels (B, 3, H, W)."""
     import torch
 
     with torch.no_grad():
-        dist = vae.encode(to_unit_range(pixels.to(device)).to(dtype=vae.dtype)).latent_dist
+        scaled = (per_image_normalized if dynamic_norm else to_unit_range)(pixels.to(device))
+        dist = vae.encode(scaled.to(dtype=vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
+
+
+def per_image_normalized(pixels):
+    """dynamic_img_norm: each image in [0, 1] minus its own mean, over its own standard deviation (instead
+    of the fixed mean 0.5 and deviation 0.5 that map every image to [-1, 1])."""
+    unit = pixels.float() / 255.0
+    mean = unit.mean(dim=(1, 2, 3), keepdim=True)
+    std = unit.std(dim=(1, 2, 3), keepdim=True).clamp(min=1e-3)  # a flat image stays finite
+    return (unit - mean) / std
+
+
+def norm_fingerprint(fingerprint: str, dynamic_norm: bool) -> str:
+    """The VAE fingerprint of the cache keys, told apart by the normalization the latents were made with."""
+    return f"{fingerprint}|dynamic" if dynamic_norm else fingerprint
 
 
 class DiskCache:
@@ -106,7 +121,7 @@ def encode_chunk_size(size: tuple[int, int], batch_pixels: int = ENCODE_PIXELS) 
 
 def encode_rows(vae, load: Callable[[int], object], count: int, size: tuple[int, int], device,
                 keys: dict[bool, list[str]] | None, disk: DiskCache | None, flips: list[bool],
-                on_encoded: Callable[[int], None] = lambda count: None):
+                dynamic_norm: bool = False, on_encoded: Callable[[int], None] = lambda count: None):
     """{flip: (mean, std)} for `count` images of one bucket, from the disk cache where it has them;
     `on_encoded(n)` hears of each n images done (cache hits first, then each encoded chunk).
 
@@ -133,7 +148,7 @@ def encode_rows(vae, load: Callable[[int], object], count: int, size: tuple[int,
         rows = missing[start:start + chunk]
         pixels = torch.stack([load(row) for row in rows])
         for flip in flips:
-            mean, std = encode(vae, pixels.flip(-1) if flip else pixels, device)
+            mean, std = encode(vae, pixels.flip(-1) if flip else pixels, device, dynamic_norm)
             for offset, row in enumerate(rows):
                 found[flip][0][row], found[flip][1][row] = mean[offset], std[offset]
                 if disk is not None:

@@ -61,15 +61,15 @@ def shuffle_tags(caption: str, keep: int, rng) -> str:
     return ", ".join(head + tail)
 
 
-def warn_truncated(captions: dict[str, list[Path]], tokenizer, warn) -> int:
-    """Warn, naming the files, for every caption longer than the tokenizer's limit; returns how many."""
-    limit = tokenizer.model_max_length
+def warn_truncated(captions: dict[str, list[Path]], layout, warn) -> int:
+    """Warn, naming the files, for every caption longer than max_token_length (`layout`: a
+    model.long_prompts.PromptLayout); returns how many."""
     count = 0
     for caption, paths in captions.items():
-        length = len(tokenizer(caption, truncation=False).input_ids)
-        if length > limit:
+        length = layout.too_long(caption)
+        if length:
             count += 1
             names = ", ".join(str(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-            warn(f"caption of {names} is {length} tokens, over the limit of {limit}: "
-                 f"the end is cut off ('{caption[:60]}...')")
+            warn(f"caption of {names} is {length} tokens, over max_token_length {layout.max_tokens}: "
+                 f"the end is cut off ('{caption[:60]}...'); max_token_length up to 300 keeps more")
     return count

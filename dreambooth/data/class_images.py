@@ -51,11 +51,13 @@ def fill_prompt(class_prompt: str, words: str) -> str:
     return " ".join(template.replace(FILEWORDS, words).replace(" ,", ",").split())
 
 
-def plan_class_images(concepts: list[Concept], items: list[TrainItem], model) -> list[ClassJob]:
-    """The class images still missing, each for the instance image it will be paired with."""
+def plan_class_images(concepts: list[Concept], items: list[TrainItem], model,
+                      matching: bool = True) -> list[ClassJob]:
+    """The class images still missing, each for the instance image it will be paired with. None without
+    `matching` (disable_class_matching): the class folder is used as it is."""
     jobs = []
     for index, concept in enumerate(concepts):
-        if concept.num_class_images_per <= 0:
+        if concept.num_class_images_per <= 0 or not matching:
             continue
         owners = _concept_items(items, index)
         needed = concept.num_class_images_per * len(owners)
@@ -135,10 +137,11 @@ def _chunks(jobs: list[ClassJob], batch_size: int):
         yield chunk
 
 
-def load_class_images(concepts: list[Concept], items: list[TrainItem], model,
-                      warn: Callable[[str], None]) -> tuple[list[tuple[TrainItem, ImageInfo]], list[list[int]]]:
+def load_class_images(concepts: list[Concept], items: list[TrainItem], model, warn: Callable[[str], None],
+                      matching: bool = True) -> tuple[list[tuple[TrainItem, ImageInfo]], list[list[int]]]:
     """(class item, header info) pairs, each class item at its owner's bucket, and for every instance item the
-    class items it owns (round-robin pairing, see `dataset`)."""
+    class items it owns (round-robin pairing, see `dataset`). With `matching` the first
+    num_class_images_per × instances of the folder are used; without it (disable_class_matching), all."""
     classes: list[tuple[TrainItem, ImageInfo]] = []
     owned: list[list[int]] = [[] for _ in items]
     for index, concept in enumerate(concepts):
@@ -146,7 +149,9 @@ def load_class_images(concepts: list[Concept], items: list[TrainItem], model,
             continue
         owners = _concept_items(items, index)
         folder = class_folder(concept, index, model)
-        paths = existing_class_images(folder)[:concept.num_class_images_per * len(owners)]
+        paths = existing_class_images(folder)
+        if matching:
+            paths = paths[:concept.num_class_images_per * len(owners)]
         opened = probe_all(paths, warn)
         if not opened:
             warn(f"concept {index}: no class images in {folder}; training it without prior preservation")

@@ -77,9 +77,10 @@ def collect_items(concepts: list[Concept], warn: Callable[[str], None]) -> list[
     return items
 
 
-def tokenize(prompts: list[str], tokenizer, device):
-    return to_device(tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt").input_ids, device)
+def tokenize(prompts: list[str], layout, device):
+    """(token ids on `device`, positions used per prompt) in the layout's long-prompt windows."""
+    ids, used = layout.tokenize(prompts)
+    return to_device(ids, device), used
 
 
 def to_device(values, device):
@@ -97,8 +98,8 @@ class Batch:
     """One micro-batch as the loop consumes it."""
 
     latents: object  # scaled VAE latents (B, C, h, w)
-    embeddings: object  # text-encoder outputs (B, 77, D), or None when the loop must encode input_ids
-    input_ids: object  # token ids (B, 77): for text-encoder training
+    embeddings: object  # text-encoder outputs (B, T, D), or None when the loop must encode input_ids
+    input_ids: object  # token ids (B, T), T = 77 per long-prompt window: for text-encoder training
     prior: object  # bool (B,): True for class images of prior preservation
 
 
@@ -129,7 +130,8 @@ class TrainingSet:
                  class_places: list[tuple[int, int]], pairs: list[list[int]], buckets: list[Bucket],
                  captions: list[str], caption_index: list[int], class_caption_index: list[int], input_ids,
                  embeddings, scaling_factor: float, device, *, vae=None, hflip: bool = False,
-                 shuffle: bool = False, keep_tags: int = 1, tokenizer=None):
+                 shuffle: bool = False, keep_tags: int = 1, layout=None, used: list[int] | None = None,
+                 dynamic_norm: bool = False):
         self.items = items
         self.class_items = class_items
         self.places = places  # item -> (bucket, row)
@@ -147,7 +149,9 @@ class TrainingSet:
         self.hflip = hflip
         self.shuffle = shuffle
         self.keep_tags = keep_tags
-        self.tokenizer = tokenizer
+        self.layout = layout  # model.long_prompts.PromptLayout: windows, padding
+        self.used = used  # per distinct caption: token positions up to its last EOS
+        self.dynamic_norm = dynamic_norm  # dynamic_img_norm, for latents encoded at every use
         self.seed = 0
 
     def __len__(self) -> int:
@@ -210,11 +214,13 @@ class TrainingSet:
         if self.shuffle:
             texts = [self._shuffled(keys[n], self.captions[ids[n]]) for n in range(len(items))]
             texts += [self.captions[i] for i in ids[len(items):]]
-            input_ids, embeddings = tokenize(texts, self.tokenizer, self.device), None
+            (input_ids, used), embeddings = tokenize(texts, self.layout, self.device), None
         else:
             index = to_device(ids, self.input_ids.device)
-            input_ids = self.input_ids[index]
+            input_ids, used = self.input_ids[index], [self.used[i] for i in ids]
             embeddings = self.embeddings[index] if self.embeddings is not None else None
+        input_ids = self.layout.trim(input_ids, used)  # pad_tokens off: up to the batch's longest caption
+        embeddings = self.layout.trim(embeddings, used) if embeddings is not None else None
         prior = to_device([False] * len(items) + [True] * len(classes), latents.device)
         return Batch(latents, embeddings, input_ids, prior)
 
@@ -253,6 +259,6 @@ class TrainingSet:
             pixels = to_device(bucket.pixels[torch.tensor(rows)], self.device)
             if flip is not None:
                 pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
-            mean, std = encode(self.vae, pixels, self.device)
+            mean, std = encode(self.vae, pixels, self.device, self.dynamic_norm)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return (mean + std * noise) * self.scaling_factor

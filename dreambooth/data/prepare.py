@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 from ..config import Concept, TrainConfig
+from ..model.long_prompts import prompt_layout
 from ..store import ModelDir
 from .buckets import bucket_report, describe, size_step, write_bucket_counts
 from .build import assign_buckets, build_training_set
@@ -40,11 +41,12 @@ def prepare_training_set(inputs: PreparationInputs, concepts: list[Concept], pai
 
     classes, owned = [], None
     if any(concept.num_class_images_per > 0 for concept in concepts):
-        jobs = plan_class_images(concepts, items, model)
+        matching = not cfg.disable_class_matching
+        jobs = plan_class_images(concepts, items, model, matching)
         if jobs and inputs.is_main_process:
             _generate(inputs, concepts, jobs)
         inputs.wait_for_everyone()
-        classes, owned = load_class_images(concepts, items, model, warn)
+        classes, owned = load_class_images(concepts, items, model, warn, matching)
 
     report = bucket_report([item.bucket for item in items], [item.bucket for item, _ in classes], cfg.resolution)
     log(describe(report))
@@ -56,6 +58,7 @@ def prepare_training_set(inputs: PreparationInputs, concepts: list[Concept], pai
         cache_dir=model.cache if cfg.cache_latents_on_disk else None, enable_buckets=cfg.enable_buckets,
         step=step, hflip=cfg.hflip, shuffle_tags=cfg.shuffle_tags, keep_tags=cfg.keep_tags,
         cache_text=cfg.stop_text_encoder <= 0,  # the text encoder never trains: its outputs never change
+        layout=prompt_layout(models.tokenizer, cfg), dynamic_norm=cfg.dynamic_img_norm,
         warn=warn, log=log, progress=inputs.progress)
 
 
@@ -69,7 +72,7 @@ def _generate(inputs: PreparationInputs, concepts: list[Concept], jobs) -> None:
     inputs.log(f"generating {len(jobs)} class image(s) into {', '.join(folders)} "
                f"(batch {cfg.sample_batch_size})")
     pipeline = build_pipeline(models.unet, models.vae, models.text_encoder, models.tokenizer,
-                              models.scheduler_config)
+                              models.scheduler_config, cfg.scheduler)
     with inputs.autocast():
         generate_class_images(jobs, pipeline, concepts, cfg.sample_batch_size, inputs.class_image_seed,
                               pipeline_clip_skip(cfg.clip_skip), inputs.log, canceled=inputs.canceled,

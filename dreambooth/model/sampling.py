@@ -8,6 +8,7 @@ from typing import Callable
 
 from ..config import Concept
 from ..platform.fsutil import atomic_path, atomic_write_text
+from .long_prompts import CHUNK, WINDOW
 from .text import pipeline_clip_skip
 
 
@@ -34,6 +35,16 @@ def sample_requests(concepts: list[Concept], first_captions: dict[int, str]) -> 
     return requests
 
 
+def sanity_requests(sanity_prompt: str, sanity_seed: int, concepts: list[Concept]) -> list[SampleRequest]:
+    """The sanity sample: one more preview with a fixed prompt and seed, so each preview is comparable (the
+    first concept's steps and CFG)."""
+    if not sanity_prompt.strip():
+        return []
+    first = concepts[0] if concepts else Concept()
+    return [SampleRequest(sanity_prompt.strip(), first.save_sample_negative_prompt, sanity_seed,
+                          first.save_infer_steps, first.save_guidance_scale)]
+
+
 def _template_prompts(template: str) -> list[str]:
     path = Path(template).expanduser() if template.strip() else None
     if path is None or not path.is_file():
@@ -41,12 +52,19 @@ def _template_prompts(template: str) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict):
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+def make_sampler(name: str, scheduler_config: dict):
+    """The diffusers scheduler `<name>Scheduler` (the `scheduler` setting) on the model's noise schedule."""
+    import diffusers
+
+    return getattr(diffusers, f"{name}Scheduler").from_config(scheduler_config)
+
+
+def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict, sampler: str = "PNDM"):
+    from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler.from_config(scheduler_config),
+        scheduler=make_sampler(sampler, scheduler_config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -64,9 +82,30 @@ def step_reporter(progress: Callable[[str], None] | None, prefix: str, steps: in
     return on_step_end
 
 
+def long_prompt_embeddings(layout, text_encoder, clip_skip: int, device):
+    """A function (prompt, negative) -> (embeddings, negative embeddings) in long-prompt windows, both with the
+    windows the longer of the two needs (as the WebUI pads its prompt and negative prompt). None when the
+    layout is CLIP's plain 75 tokens: the pipeline encodes those itself."""
+    if layout is None or (layout.max_tokens <= CHUNK and not layout.strict):
+        return None
+    import torch
+
+    from .text import encode_text
+
+    def encode(prompt: str, negative: str):
+        ids, used = layout.tokenize([prompt, negative])
+        windows = -(-max(used) // WINDOW)
+        with torch.no_grad():
+            embeddings = encode_text(text_encoder, ids[:, :windows * WINDOW].to(device), clip_skip)
+        return embeddings[:1], embeddings[1:]
+    return encode
+
+
 def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out_dir: Path, tag: str,
-                   device, clip_skip: int = 1, progress: Callable[[str], None] | None = None) -> list[Path]:
-    """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings;
+                   device, clip_skip: int = 1, long_prompts=None,
+                   progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings.
+    `long_prompts`: from long_prompt_embeddings, for captions over 75 tokens or strict tokens;
     `progress` hears "image i of n, step k of m"."""
     import torch
 
@@ -80,10 +119,14 @@ def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out
             where = f"image {i + 1} of {len(requests)}"
             if progress is not None:
                 progress(where)
-            image = pipeline(request.prompt, negative_prompt=request.negative_prompt or None,
-                             num_inference_steps=request.steps, guidance_scale=request.guidance,
+            if long_prompts is not None:
+                embeddings, negative = long_prompts(request.prompt, request.negative_prompt)
+                text = dict(prompt_embeds=embeddings, negative_prompt_embeds=negative)
+            else:
+                text = dict(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+                            clip_skip=pipeline_clip_skip(clip_skip))
+            image = pipeline(**text, num_inference_steps=request.steps, guidance_scale=request.guidance,
                              height=resolution, width=resolution, generator=generator,
-                             clip_skip=pipeline_clip_skip(clip_skip),
                              callback_on_step_end=step_reporter(progress, where, request.steps)).images[0]
             path = out_dir / f"sample_{tag}-{i}.png"
             with atomic_path(path) as tmp:

@@ -1,6 +1,8 @@
 """Text-encoder output with clip skip, for both transformers 4.x (`.text_model`) and 5.x layouts."""
 from __future__ import annotations
 
+from .long_prompts import WINDOW
+
 
 def final_layer_norm(text_encoder):
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
@@ -8,7 +10,18 @@ def final_layer_norm(text_encoder):
 
 def encode_text(text_encoder, input_ids, clip_skip: int = 1):
     """The conditioning for `input_ids`: the last layer's output, or with clip_skip N the N-th last layer
-    passed through the final layer norm (as the WebUI does)."""
+    passed through the final layer norm (as the WebUI does). Ids longer than the encoder's window (long
+    prompts, see long_prompts) are encoded one 77-token window at a time and joined."""
+    window = WINDOW
+    if input_ids.shape[1] > window:
+        import torch
+
+        return torch.cat([_encode(text_encoder, input_ids[:, start:start + window], clip_skip)
+                          for start in range(0, input_ids.shape[1], window)], dim=1)
+    return _encode(text_encoder, input_ids, clip_skip)
+
+
+def _encode(text_encoder, input_ids, clip_skip: int):
     if clip_skip <= 1:
         return text_encoder(input_ids)[0]
     hidden = text_encoder(input_ids, output_hidden_states=True).hidden_states[-clip_skip]

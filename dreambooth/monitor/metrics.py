@@ -59,9 +59,11 @@ class MetricsLog:
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
 
-    def add(self, loss, prior_loss=0.0, **values) -> None:
-        """Queue one step's values; `loss` and `prior_loss` may be device tensors (read at flush)."""
+    def add(self, loss, prior_loss=0.0, instance_loss=None, **values) -> None:
+        """Queue one step's values; the losses may be device tensors (read at flush)."""
         measured = {"loss": loss, "prior_loss": prior_loss}
+        if instance_loss is not None:  # the instance part alone (the loop logs it for every row of a run)
+            measured["instance_loss"] = instance_loss
         self._pending.append((values, {k: v.detach() if hasattr(v, "detach") else v for k, v in measured.items()}))
 
     def discard(self) -> list[dict]:

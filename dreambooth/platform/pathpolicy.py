@@ -90,6 +90,7 @@ def check_config(cfg) -> None:
     for index, concept in enumerate(cfg.concepts_list):
         if isinstance(concept, dict):
             _check_concept(concept, f"concepts_list[{index}]")
+    check_path(cfg.pretrained_vae_name_or_path, "pretrained_vae_name_or_path")
     source = str(cfg.concepts_path or "").strip()
     if source and not source.startswith("["):
         check_path(source, "concepts_path")

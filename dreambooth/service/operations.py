@@ -127,15 +127,27 @@ def _backup_params(model: ModelDir, cfg: TrainConfig) -> None:
     atomic_write_json(model.backups / f"db_config_{cfg.revision}.json", cfg.to_dict())
 
 
+def preflight(cfg: TrainConfig) -> int:
+    """What a training start can check at once (tab, REST, CLI): the concept folders and the attention
+    choice. Returns the number of instance images."""
+    import torch
+
+    from ..data.dataset import check_concepts
+    from ..model.attention import check_attention
+
+    count = check_concepts(cfg.concepts())
+    check_attention(cfg.attention, "cuda" if torch.cuda.is_available() else "cpu")
+    return count
+
+
 def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume: bool = False):
     """Train with `cfg` (default: the saved params), saving those params first so the run is reproducible."""
-    from ..data.dataset import check_concepts
     from ..train.loop import Trainer
 
     model = model_dir(name).require()
     if cfg is None:
         cfg, _ = load_config(model.config_file)
-    check_concepts(cfg.concepts())  # bad folders fail before anything is written (the lock file included)
+    preflight(cfg)  # bad folders fail before anything is written (the lock file included)
     with locked(model, "train", control.log if control is not None else _warn):
         cfg.model_name = model.name
         if is_main_process():
@@ -159,7 +171,9 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
     from ..data.captions import build_caption
     from ..data.dataset import check_concepts
     from ..data.images import find_images
-    from ..model.sampling import build_pipeline, render_samples, sample_requests
+    from ..model.long_prompts import prompt_layout
+    from ..model.sampling import (build_pipeline, long_prompt_embeddings, render_samples, sample_requests,
+                                  sanity_requests)
 
     model = model_dir(name).require()
     if cfg is None:
@@ -170,7 +184,7 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
     # the default sample prompt is each concept's first caption: only file names are needed, no decoding
     first_captions = {index: build_caption(c.instance_prompt, find_images(c.instance_data_dir)[0], c.instance_token,
                                            c.class_token) for index, c in enumerate(concepts)}
-    requests = sample_requests(concepts, first_captions)
+    requests = sample_requests(concepts, first_captions) + sanity_requests(cfg.sanity_prompt, cfg.sanity_seed, concepts)
     if not requests:
         raise DreamboothError("no samples requested: set n_save_sample to 1 or more", field="n_save_sample")
     import gc
@@ -180,12 +194,17 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # like training: txt2img waits, and the WebUI's model leaves the GPU while ours is there (then returns)
     with host.generation_lock(on_wait=log), host.vram_released():
-        parts = load_components(model.working)
+        parts = list(load_components(model.working))
+        if cfg.pretrained_vae_name_or_path.strip():
+            from ..model.publish import alternate_vae
+
+            parts[1] = alternate_vae(model, cfg)
         _place(parts[:3], device, sample_dtype(cfg.mixed_precision, device))
-        pipeline = build_pipeline(*parts[:4], dict(parts[4]))
+        pipeline = build_pipeline(*parts[:4], dict(parts[4]), cfg.scheduler)
         try:
+            long_prompts = long_prompt_embeddings(prompt_layout(parts[3], cfg), parts[2], cfg.clip_skip, device)
             written = render_samples(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", device,
-                                     clip_skip=cfg.clip_skip,
+                                     clip_skip=cfg.clip_skip, long_prompts=long_prompts,
                                      progress=(lambda text: control.update(detail=text)) if control else None)
         finally:  # free the pipeline before the WebUI's model comes back
             del pipeline, parts

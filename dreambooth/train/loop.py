@@ -23,6 +23,12 @@ from .setup import (cast_frozen, load_models, make_accelerator, offload_device, 
                     set_text_encoder_trainable, text_encoder_epochs)
 from .pace import TrainingPace
 from .step import StepInputs, micro_batch_loss
+# the older extension's training settings, each in its own module
+from .determinism import deterministic_algorithms, training_seed
+from .full_precision import hold_in_bf16, saved_as_fp32
+from .param_groups import check_something_trains, clip_gradients, freeze_clip_norms, freeze_unet, optimizer_groups
+from .prior_schedule import prior_weight
+from .spectral import SpectralNormFreeze
 
 LOG_EVERY = 10  # steps between metric flushes (the only place the loop waits for the device)
 CHART_EVERY_S = 10.0  # seconds between chart redraws during training (a redraw takes ~0.3 s)
@@ -74,6 +80,7 @@ class Trainer:
         from .optimizers import build_optimizer
 
         cfg, control = self.cfg, self.control
+        check_something_trains(cfg)
         control.update(state="preparing", model_name=self.model.name, started_at=time.time())
         concepts = cfg.concepts()
         pairs = collect_items(concepts, lambda message: self.log(f"warning: {message}"))  # bad folders fail here
@@ -84,15 +91,18 @@ class Trainer:
             check_fused_backward(cfg, accelerator.num_processes, accelerator.mixed_precision)
         self.check_every = self._check_every_override or (1 if self.device.type == "cpu" else LOG_EVERY)
         self.models = models = load_models(self.model, self.device, cfg)
+        if not cfg.train_unet:
+            freeze_unet(models.unet)
+        self.full_precision = hold_in_bf16(models.unet, cfg.full_mixed_precision, accelerator.mixed_precision, self.log)
         text_encoder_frozen = cfg.stop_text_encoder <= 0
         self.frozen_cast = cast = cast_frozen(models, accelerator.mixed_precision, text_encoder_frozen)
         if cast:
             self.log(f"frozen {' and '.join(cast)} in {accelerator.mixed_precision} (they never train)")
         # buckets, class images (generated when missing), bucket report, latent and text caches
         preparation = PreparationInputs(
-            cfg=cfg, model=self.model, models=models, device=self.device, class_image_seed=pick_seed(cfg.seed),
-            is_main_process=accelerator.is_main_process, wait_for_everyone=accelerator.wait_for_everyone,
-            autocast=accelerator.autocast, log=self.log,
+            cfg=cfg, model=self.model, models=models, device=self.device,
+            class_image_seed=pick_seed(training_seed(cfg)), is_main_process=accelerator.is_main_process,
+            wait_for_everyone=accelerator.wait_for_everyone, autocast=accelerator.autocast, log=self.log,
             set_state=lambda state: control.update(state=state, detail=""),
             canceled=control.cancel_requested.is_set, progress=self._detail)
         self.training_set = prepare_training_set(preparation, concepts, pairs)
@@ -112,10 +122,12 @@ class Trainer:
                      f"{cfg.train_batch_size} × accumulation {cfg.gradient_accumulation_steps} × "
                      f"{accelerator.num_processes} process(es)): {self.learning_rates[0]:g}, text encoder "
                      f"{self.learning_rates[1]:g}")
-        groups = [{"params": [p for p in models.unet.parameters() if p.requires_grad], "lr": self.learning_rates[0]}]
         if self.text_encoder_training:
             set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
-            groups.append({"params": list(models.text_encoder.parameters()), "lr": self.learning_rates[1]})
+            if cfg.freeze_clip_normalization:
+                freeze_clip_norms(models.text_encoder)
+        groups = optimizer_groups(cfg, models.unet, models.text_encoder, self.learning_rates,
+                                  self.text_encoder_training)
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
@@ -140,13 +152,14 @@ class Trainer:
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(models.scheduler_config)
-        self.seed = pick_seed(cfg.seed)
+        self.seed = pick_seed(training_seed(cfg))
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.step_inputs = StepInputs(
             training_set=self.training_set, unet=self.unet, text_encoder=self.text_encoder,
             frozen_text_encoder=models.text_encoder, noise_scheduler=self.noise_scheduler, generator=self.generator,
             clip_skip=cfg.clip_skip, offset_noise=cfg.offset_noise, min_snr_gamma=cfg.min_snr_gamma,
-            prior_loss_weight=cfg.prior_loss_weight)
+            prior_loss_weight=cfg.prior_loss_weight, split_loss=cfg.split_loss,
+            input_perturbation=cfg.input_pertubation, dream=cfg.dream_detail_preservation if cfg.use_dream else None)
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite loss so far
         self.global_step = 0
         self.start_revision = cfg.revision
@@ -154,6 +167,10 @@ class Trainer:
         self.skip_batches = 0
         if self.resume:
             self._restore()
+        self.spectral = None
+        if cfg.freeze_spectral_norm and cfg.train_unet:  # after a resume: the norms of the weights it continues
+            self.spectral = SpectralNormFreeze(models.unet)
+            self.log(f"freeze_spectral_norm: {len(self.spectral)} UNet weights keep their spectral norm")
         self.metrics = MetricsLog(self.model.logging, keep_until=self.global_step if self.resume else None,
                                   warn=lambda message: self.log(f"warning: {message}"),
                                   owner=accelerator.is_main_process)
@@ -176,11 +193,12 @@ class Trainer:
 
     # the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        try:
-            return self._run()
-        finally:
-            if getattr(self, "fused", None) is not None:  # the UNet may outlive this run (tests, the bench)
-                self.fused.remove()
+        with deterministic_algorithms(self.cfg.deterministic):
+            try:
+                return self._run()
+            finally:
+                if getattr(self, "fused", None) is not None:  # the UNet may outlive this run (tests, the bench)
+                    self.fused.remove()
 
     def _run(self) -> TrainResult:
         self._prepare()
@@ -252,7 +270,9 @@ class Trainer:
         lr = self.lr_scheduler.get_last_lr()[0]
         if accelerator.num_processes > 1:  # different noise per process, reproducible on resume from the step
             self.generator.manual_seed((self.seed * 1_000_003 + self.global_step) * 1009 + accelerator.process_index)
-        total_loss = total_prior = 0.0
+        weight = prior_weight(self.cfg, self.global_step / self.plan.steps_per_epoch)  # annealed per step
+        self.step_inputs.prior_loss_weight = weight
+        total_loss = total_prior = total_instance = 0.0
         for index, indices in enumerate(group):
             last = index == len(group) - 1
             sync = accelerator.no_sync(unet) if not last and accelerator.num_processes > 1 else contextlib.nullcontext()
@@ -260,33 +280,42 @@ class Trainer:
                 # Backward outside autocast (as torch advises): autocast keeps a low-precision copy of every
                 # weight it casts until its region ends, 1.7 GB at SD1.5 if the region spanned the backward.
                 with accelerator.autocast():
-                    loss, _, prior_part = micro_batch_loss(self.step_inputs, indices, self.text_encoder_training)
+                    loss, instance_part, prior_part = micro_batch_loss(self.step_inputs, indices,
+                                                                       self.text_encoder_training)
                     loss = loss / len(group)
                 accelerator.backward(loss)
             total_loss = total_loss + loss.detach()
             total_prior = total_prior + prior_part.detach() / len(group)
+            total_instance = total_instance + instance_part.detach() / len(group)
         self._watch_for_nan(total_loss)
         if self.fused is None:  # (fused: every tensor was stepped and its gradient freed during backward)
-            if self.cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(self._trained_parameters(), self.cfg.max_grad_norm)
+            clip_gradients(accelerator.clip_grad_norm_, *self._parameter_lists(), self.cfg.max_grad_norm,
+                           self.cfg.tenc_grad_clip_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=self.cfg.gradient_set_to_none)
+        if self.spectral is not None:
+            self.spectral.apply()
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update()
         self.global_step += 1
         self.metrics.add(total_loss, step=self.global_step, epoch=self._epochs_done + 1, lr=lr,
-                         memory_mb=memory_mb(self.device), memory_kind=self._memory_kind(), prior_loss=total_prior)
+                         memory_mb=memory_mb(self.device), memory_kind=self._memory_kind(), prior_loss=total_prior,
+                         instance_loss=total_instance, prior_weight=weight)
 
     def _trained_parameters(self) -> list:
-        """The parameters being trained (clipped together); rebuilt only when the text encoder freezes,
+        unet, text_encoder = self._parameter_lists()
+        return unet + text_encoder
+
+    def _parameter_lists(self) -> tuple[list, list]:
+        """(UNet, text encoder) parameters being trained; rebuilt only when the text encoder freezes,
         since walking the modules every step costs a few milliseconds."""
         key = self.text_encoder_training
         if self._params_for != key:
-            params = list(self.unet.parameters())
-            if self.text_encoder_training:
-                params += list(self.text_encoder.parameters())
-            self._params, self._params_for = params, key
+            unet = [p for p in self.unet.parameters() if p.requires_grad]
+            text_encoder = [p for p in self.text_encoder.parameters() if p.requires_grad] \
+                if self.text_encoder_training else []
+            self._params, self._params_for = (unet, text_encoder), key
         return self._params
 
     def _cancel_requested(self) -> bool:
@@ -452,7 +481,8 @@ class Trainer:
                 frozen_cast=self.frozen_cast, ema=self.ema, optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler, generator=self.generator, resume_state=self.snapshot_state(),
                 save_config=self.save_config, log=self.log, progress=self._detail)
-            checkpoint, snapshot = save_training_state(state, want_ckpt, want_state)
+            with saved_as_fp32(state.unet, self.full_precision):
+                checkpoint, snapshot = save_training_state(state, want_ckpt, want_state)
             if checkpoint is not None:
                 self.result.checkpoints.append(checkpoint)
                 self.control.update(checkpoints=[str(p) for p in self.result.checkpoints])

@@ -2,7 +2,8 @@
 the prior-preservation term.
 
 loss = mean_instance(w · mse) + prior_loss_weight · mean_prior(w · mse), with w the min-SNR weight
-(1 when off) and means taken over the instance rows and the class rows of the batch separately.
+(1 when off) and means taken over the instance rows and the class rows of the batch separately
+(split_loss); without split_loss one mean over all rows, the class rows weighted by prior_loss_weight.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def min_snr_weights(noise_scheduler, timesteps, gamma: float):
     return clipped / snr
 
 
-def dreambooth_loss(prediction, target, prior, prior_weight: float, sample_weights=None):
+def dreambooth_loss(prediction, target, prior, prior_weight: float, sample_weights=None, split: bool = True):
     """Returns (loss, instance part, prior part). Masks are applied as weights, so no host sync is needed;
     without class rows the prior part is 0."""
     per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
@@ -46,4 +47,6 @@ def dreambooth_loss(prediction, target, prior, prior_weight: float, sample_weigh
     instance_rows = 1.0 - prior_rows
     instance = (per_sample * instance_rows).sum() / instance_rows.sum().clamp(min=1.0)
     prior_part = (per_sample * prior_rows).sum() / prior_rows.sum().clamp(min=1.0)
+    if not split:
+        return (per_sample * (instance_rows + prior_weight * prior_rows)).mean(), instance, prior_part
     return instance + prior_weight * prior_part, instance, prior_part

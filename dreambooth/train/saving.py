@@ -99,17 +99,23 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
 
 
 def write_previews(preview: PreviewInputs) -> list[Path]:
-    from ..model.sampling import build_pipeline, render_samples, sample_requests
+    from ..model.long_prompts import prompt_layout
+    from ..model.sampling import (build_pipeline, long_prompt_embeddings, render_samples, sample_requests,
+                                  sanity_requests)
 
-    requests = sample_requests(preview.concepts, preview.first_captions)
+    models, cfg = preview.models, preview.cfg
+    requests = sample_requests(preview.concepts, preview.first_captions) + sanity_requests(
+        cfg.sanity_prompt, cfg.sanity_seed, preview.concepts)
     if not requests:
         return []
-    models, cfg = preview.models, preview.cfg
     pipeline = build_pipeline(preview.unet, models.vae, models.text_encoder, models.tokenizer,
-                              models.scheduler_config)
+                              models.scheduler_config, cfg.scheduler)
     use_ema = preview.ema is not None and cfg.infer_ema
     with preview.autocast(), (preview.ema.applied() if use_ema else contextlib.nullcontext()):
+        long_prompts = long_prompt_embeddings(prompt_layout(models.tokenizer, cfg), models.text_encoder,
+                                              cfg.clip_skip, preview.device)
         written = render_samples(pipeline, requests, cfg.resolution, preview.model.samples, str(preview.revision),
-                                 preview.device, clip_skip=cfg.clip_skip, progress=preview.progress)
+                                 preview.device, clip_skip=cfg.clip_skip, long_prompts=long_prompts,
+                                 progress=preview.progress)
     preview.log(f"saved {len(written)} sample(s) at step {preview.step}" + (" (EMA weights)" if use_ema else ""))
     return written

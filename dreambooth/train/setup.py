@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..config import TrainConfig
+from ..model.attention import set_attention
 from ..store import ModelDir
 
 
@@ -81,6 +82,10 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     from ..convert.diffusers_io import load_components
 
     unet, vae, text_encoder, tokenizer, scheduler_config = load_components(model.working)
+    if cfg.pretrained_vae_name_or_path.strip():  # latents are encoded (and samples decoded) with it
+        from ..convert.vae_file import load_vae
+
+        vae = load_vae(cfg.pretrained_vae_name_or_path, vae.config)
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False)
         frozen.eval()
@@ -89,7 +94,7 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    attention = use_fast_attention(unet, device)
+    attention = set_attention((unet, vae), cfg.attention, getattr(device, "type", str(device)))
     if cfg.compile_unet:  # in place: the module (state_dict, save_pretrained) stays a plain UNet
         unet.compile()
     return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config), attention)
@@ -125,22 +130,6 @@ def offload_device(device, cached: bool, force: bool | None = None):
 
     wanted = (getattr(device, "type", str(device)) != "cpu") if force is None else force
     return torch.device("cpu") if cached and wanted else None
-
-
-def use_fast_attention(unet, device) -> str:
-    """xformers on CUDA when it is importable and works; otherwise diffusers' default, PyTorch SDPA.
-
-    Returns what is used, with the reason when xformers was wanted but could not be used."""
-    if getattr(device, "type", str(device)) != "cuda":
-        return "sdpa"
-    try:
-        import xformers.ops  # noqa: F401
-
-        unet.enable_xformers_memory_efficient_attention()
-        return "xformers"
-    except (ImportError, RuntimeError, ValueError, NotImplementedError) as error:
-        # not installed, or built for another torch/CUDA: SDPA is nearly as fast
-        return f"sdpa (xformers unusable: {error})"
 
 
 def text_encoder_epochs(stop_ratio: float, epochs: int) -> int:

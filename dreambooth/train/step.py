@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model.text import encode_text
+from .loss_tricks import dream_adjust, perturbed_noise
 from .losses import dreambooth_loss, make_noise, min_snr_weights, target_for
 
 
@@ -19,7 +20,10 @@ class StepInputs:
     clip_skip: int
     offset_noise: float
     min_snr_gamma: float
-    prior_loss_weight: float
+    prior_loss_weight: float      # this step's (prior_schedule)
+    split_loss: bool = True
+    input_perturbation: bool = False
+    dream: float | None = None    # DREAM's detail preservation, None when off
 
 
 def conditioning(inputs: StepInputs, batch, text_encoder_training: bool):
@@ -45,8 +49,11 @@ def micro_batch_loss(inputs: StepInputs, indices: list[int], text_encoder_traini
     noise = make_noise(latents, generator, inputs.offset_noise)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator,
                               device=latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy = scheduler.add_noise(latents, perturbed_noise(noise, generator) if inputs.input_perturbation else noise,
+                                timesteps)
     target = target_for(scheduler, latents, noise, timesteps)
+    if inputs.dream is not None:
+        noisy, target = dream_adjust(inputs.unet, scheduler, noisy, target, noise, timesteps, embeddings, inputs.dream)
     prediction = inputs.unet(noisy, timesteps, embeddings).sample
     weights = min_snr_weights(scheduler, timesteps, inputs.min_snr_gamma) if inputs.min_snr_gamma > 0 else None
-    return dreambooth_loss(prediction, target, batch.prior, inputs.prior_loss_weight, weights)
+    return dreambooth_loss(prediction, target, batch.prior, inputs.prior_loss_weight, weights, inputs.split_loss)

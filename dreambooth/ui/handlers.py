@@ -190,7 +190,7 @@ def train(model: str, values: dict, resume: bool = False) -> str:
                               "wait for it or press Cancel", field="job")
     cfg = values_to_config(model, values)
     modellock.check_free(model_dir(model).path)  # another process trains it: say so now
-    count = check_concepts(cfg.concepts())
+    count = operations.preflight(cfg)  # concept folders, attention
     runner().start_training(model, cfg, resume=resume)
     return (f"training '{model}' started: {count} instance image(s), {cfg.num_train_epochs} epoch(s)"
             + (" (resuming from the newest snapshot)" if resume else "")

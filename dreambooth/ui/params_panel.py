@@ -25,13 +25,32 @@ def field_widget(field: Field, elem_id: str):
 
 
 def build_params_panel() -> dict:
-    """Accordions per registry group; returns {field name: component}."""
+    """Accordions per registry group; the "Advanced: …" groups (the older extension's rarer settings) sit
+    together inside one closed "Advanced" accordion. Returns {field name: component}."""
     widgets = {}
-    for index, group in enumerate(PARAM_GROUPS):
-        fields = [f for f in WIDGET_FIELDS if f.group == group]
-        with gr.Accordion(group, open=index < 2, elem_id=f"dbt_group_{group.lower().replace(' ', '_')}"):
-            for start in range(0, len(fields), 2):
-                with gr.Row():
-                    for field in fields[start:start + 2]:
-                        widgets[field.name] = field_widget(field, f"dbt_{field.name}")
+    basic = [group for group in PARAM_GROUPS if not group.startswith(ADVANCED)]
+    for index, group in enumerate(basic):
+        with gr.Accordion(group, open=index < 2, elem_id=_group_id(group)):
+            _group_fields(group, widgets)
+    advanced = [group for group in PARAM_GROUPS if group.startswith(ADVANCED)]
+    if advanced:
+        with gr.Accordion("Advanced", open=False, elem_id="dbt_group_advanced"):
+            for group in advanced:
+                with gr.Accordion(group[len(ADVANCED):].strip().capitalize(), open=False, elem_id=_group_id(group)):
+                    _group_fields(group, widgets)
     return widgets
+
+
+ADVANCED = "Advanced:"
+
+
+def _group_id(group: str) -> str:
+    return "dbt_group_" + "_".join(group.lower().replace(":", " ").split())
+
+
+def _group_fields(group: str, widgets: dict) -> None:
+    fields = [f for f in WIDGET_FIELDS if f.group == group]
+    for start in range(0, len(fields), 2):
+        with gr.Row():
+            for field in fields[start:start + 2]:
+                widgets[field.name] = field_widget(field, f"dbt_{field.name}")
