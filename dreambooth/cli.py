@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--source", required=True, help=".safetensors/.ckpt file, diffusers folder, or a file "
                                                         "name in models/Stable-diffusion")
-    create.add_argument("--model-type", choices=("v1x", "v2x-512", "v2x"), default=None,
+    create.add_argument("--model-type", choices=("v1x", "v2x-512", "v2x", "SDXL"), default=None,
                         help="override the detected model type (v2x = SD2.x 768 v-prediction)")
 
     params = command("params", help="show or change a model's parameters (db_config.json)")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = command("tiny-checkpoint", help="write the embedded tiny SD1.x checkpoint (random weights)")
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--preset", choices=("tiny", "small", "tiny-v2", "tiny-v2v"), default="tiny")
+    tiny.add_argument("--preset", choices=("tiny", "small", "tiny-v2", "tiny-v2v", "tiny-sdxl"), default="tiny")
     tiny.add_argument("--seed", type=int, default=0)
 
     command("demo", help="tiny checkpoint → create → train 2 epochs → ckpt, on any CPU")
