@@ -89,6 +89,18 @@ def save_text_encoder(folder: Path, text_encoder) -> None:
     atomic_write_json(folder / "config.json", config)
 
 
+def write_text_encoders(folder, text_encoder) -> None:
+    """The (trained) text encoder(s) into a working folder, each folder replaced atomically; SDXL's
+    DualTextEncoder writes text_encoder/ and text_encoder_2/."""
+    if getattr(text_encoder, "is_dual_text_encoder", False):
+        from .sdxl_io import write_text_encoders as write_both
+
+        write_both(Path(folder), text_encoder)
+        return
+    with atomic_dir(Path(folder) / "text_encoder") as tmp:
+        save_text_encoder(tmp, text_encoder)
+
+
 def model_index(scheduler_class: str = "PNDMScheduler") -> dict:
     return {
         "_class_name": "StableDiffusionPipeline",

@@ -41,7 +41,19 @@ def _template_prompts(template: str) -> list[str]:
 
 
 def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict):
+    """A diffusers pipeline around the modules in memory: StableDiffusionXLPipeline for SDXL's
+    DualTextEncoder + PairTokenizer, StableDiffusionPipeline otherwise."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    if getattr(text_encoder, "is_dual_text_encoder", False):
+        from diffusers import StableDiffusionXLPipeline
+
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder.text_encoder, text_encoder_2=text_encoder.text_encoder_2,
+            tokenizer=tokenizer.tokenizer, tokenizer_2=tokenizer.tokenizer_2, unet=unet,
+            scheduler=PNDMScheduler.from_config(scheduler_config), add_watermarker=False)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
 
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

@@ -81,6 +81,8 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     from ..convert.diffusers_io import load_components
 
     unet, vae, text_encoder, tokenizer, scheduler_config = load_components(model.working)
+    if getattr(text_encoder, "is_dual_text_encoder", False):  # SDXL: which of its two encoders may train
+        text_encoder.select_trained(cfg.sdxl_train_text_encoder, cfg.sdxl_train_text_encoder_2)
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False)
         frozen.eval()
@@ -110,7 +112,10 @@ def cast_frozen(models: Models, mixed_precision: str, text_encoder_frozen: bool)
     cast = []
     if dtype is compute_dtype("no"):
         return cast
-    frozen = [("vae", models.vae)] + ([("text_encoder", models.text_encoder)] if text_encoder_frozen else [])
+    # SDXL's VAE overflows in fp16 (NaN latents): it stays fp32 there, as in diffusers' SDXL example
+    vae_fits = not (dtype is compute_dtype("fp16") and getattr(models.unet.config, "addition_embed_type", None))
+    frozen = ([("vae", models.vae)] if vae_fits else []) + (
+        [("text_encoder", models.text_encoder)] if text_encoder_frozen else [])
     for name, module in frozen:
         module.to(dtype=dtype)
         cast.append(name)
