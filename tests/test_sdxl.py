@@ -173,7 +173,8 @@ def test_size_and_crop_of_a_tall_image(tmp_path, sdxl_parts):
     batch = training_set.batch([by_name["tall.png"]], torch.Generator().manual_seed(0))
     assert batch.time_ids.tolist() == [[400.0, 40.0, 96.0, 0.0, 128.0, 32.0]]
     assert batch.latents.shape[-2:] == (16, 4)  # the bucket's latents: 128 x 32 pixels
-    assert batch.pooled.shape == (1, 48) and batch.embeddings.shape == (1, 77, 96) and batch.input_ids.shape == (1, 2, 77)
+    assert batch.pooled.shape == (1, 48) and batch.embeddings.shape == (1, 77, 96)
+    assert batch.input_ids.shape == (1, 2, 77)  # one row per tokenizer
     square = training_set.batch([by_name["square.png"]], torch.Generator().manual_seed(0))
     assert square.time_ids.tolist() == [[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]
 
@@ -240,13 +241,21 @@ def test_per_encoder_text_training_previews_and_export(sdxl_checkpoint, models_r
 
     from dreambooth.service.operations import create_model
 
-    model = create_model("xl", sdxl_checkpoint, progress=quiet)
-    before = sdxl_weights(model.working)
-    cfg = quick_config(one_image, num_train_epochs=1, stop_text_encoder=1.0, sdxl_train_text_encoder=True,
-                       sdxl_train_text_encoder_2=False, save_state_after=False, save_ckpt_after=True)
+    from PIL import Image
+
     from dreambooth.train.loop import Trainer
 
+    model = create_model("xl", sdxl_checkpoint, progress=quiet)
+    before = sdxl_weights(model.working)
+    concept = {"instance_data_dir": str(one_image), "instance_prompt": "a photo of sks toy", "n_save_sample": 1,
+               "sample_seed": 3, "save_infer_steps": 2, "num_class_images_per": 1, "class_prompt": "a photo of a toy",
+               "class_infer_steps": 2}
+    cfg = quick_config(one_image, num_train_epochs=1, stop_text_encoder=1.0, sdxl_train_text_encoder=True,
+                       sdxl_train_text_encoder_2=False, save_state_after=False, save_ckpt_after=True,
+                       concepts_list=[concept])
     result = Trainer(model, cfg).run()
+    class_images = sorted(model.classifiers(0).glob("*.png"))  # made by the SDXL pipeline before training
+    assert len(class_images) == 1 and Image.open(class_images[0]).size == (64, 64)
     after = sdxl_weights(model.working)
     changed = {name: any(not torch.equal(before[k], after[k]) for k in before if k.startswith(name + "/"))
                for name, _ in COMPONENTS}
@@ -262,3 +271,15 @@ def test_per_encoder_text_training_previews_and_export(sdxl_checkpoint, models_r
     pipe = StableDiffusionXLPipeline.from_single_file(str(ckpt), config=str(config), local_files_only=True)
     trained = after["text_encoder_2/text_model.encoder.layers.0.mlp.fc1.weight"]
     assert torch.equal(pipe.text_encoder_2.state_dict()["text_model.encoder.layers.0.mlp.fc1.weight"], trained)
+
+
+def test_text_encoder_training_with_no_sdxl_encoder_chosen_is_refused(sdxl_checkpoint, models_root, one_image):
+    from dreambooth.service.operations import create_model
+    from dreambooth.train.loop import Trainer
+
+    model = create_model("xl", sdxl_checkpoint, progress=quiet)
+    cfg = quick_config(one_image, num_train_epochs=1, stop_text_encoder=0.5, sdxl_train_text_encoder=False,
+                       sdxl_train_text_encoder_2=False)
+    with pytest.raises(DreamboothError) as error:
+        Trainer(model, cfg).run()
+    assert error.value.field == "sdxl_train_text_encoder" and "stop_text_encoder to 0" in str(error.value)

@@ -131,7 +131,8 @@ def create_working(source, working_dir, progress: Callable[[str], None] = print,
     """Extract `source` (SD1.x/SD2.x/SDXL .safetensors/.ckpt, or a diffusers folder) into `working_dir` (fp32
     diffusers).
 
-    `model_type` ("v1x", "v2x-512", "v2x", "SDXL") overrides the detection (SD2's v-prediction: see v_prediction).
+    `model_type` ("v1x", "v2x-512", "v2x", "SDXL") overrides the detection (SD2's v-prediction: see
+    v_prediction).
     Returns {"model_type", "prediction_type", "resolution" (native size hint), "source",
     "parameters": {"unet", "vae", "text_encoder"}}.
     """

@@ -110,9 +110,10 @@ def export_single_file(source, out_path, half: bool = False, metadata: dict | No
     """Write `out_path` (.safetensors, or .ckpt as {"state_dict": ...}) atomically; fp16 floats when `half`.
 
     `source`: a working diffusers folder, a dict {"unet", "vae", "text_encoder"} of modules (optionally
-    "scheduler_config"; SDXL: "text_encoder" is the DualTextEncoder), or None; the keyword modules override the folder's components. `working`: the
-    model's working folder when `source` is modules: its scheduler's prediction type is recorded in the
-    metadata and SD2's carried OpenCLIP extras are written back (else an identity last block).
+    "scheduler_config"; SDXL: "text_encoder" is the DualTextEncoder), or None; the keyword modules override
+    the folder's components. `working`: the model's working folder when `source` is modules: its scheduler's
+    prediction type is recorded in the metadata and SD2's carried OpenCLIP extras (SDXL's logit_scale) are
+    written back (else an identity last block / CLIP's initial scale).
     """
     import torch
 

@@ -186,7 +186,8 @@ def ldm_to_diffusers(state_dict: dict, configs: dict) -> tuple[dict, dict, dict]
     from .openclip_map import OPENCLIP_PREFIX, openclip_to_clip
 
     if any(k.startswith(OPENCLIP_PREFIX) for k in state_dict):
-        te = openclip_to_clip(strip_prefix(state_dict, OPENCLIP_PREFIX), configs["text_encoder"]["num_hidden_layers"])[0]
+        layers = configs["text_encoder"]["num_hidden_layers"]
+        te = openclip_to_clip(strip_prefix(state_dict, OPENCLIP_PREFIX), layers)[0]
     else:
         te = te_with_prefix(strip_prefix(state_dict, CLIP_PREFIX))
     return unet, vae, te

@@ -23,6 +23,11 @@ so both paths give the same latents. Text embeddings are cached per distinct cap
 encoder is frozen for the whole run, and from the moment it stops training (`TrainingSet.cache_text`);
 with shuffle_tags the captions change per use and `batch` returns fresh input_ids with embeddings None
 (the loop encodes them).
+
+SDXL. The ids hold one row per tokenizer (N, 2, 77), the cache keeps the pooled embedding beside the
+context (`pooled`), and every entry (instance and class image) has its size/crop conditioning in
+`time_ids` (sdxl_conditioning), which the batch hands on; other model families ignore it. With hflip the
+crop offsets stay those of the unmirrored image (a centred crop is symmetric to within a pixel).
 """
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
 
     unet, vae, text_encoder, tokenizer, scheduler_config = load_components(model.working)
     if getattr(text_encoder, "is_dual_text_encoder", False):  # SDXL: which of its two encoders may train
-        text_encoder.select_trained(cfg.sdxl_train_text_encoder, cfg.sdxl_train_text_encoder_2)
+        select_sdxl_text_encoders(text_encoder, cfg)
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False)
         frozen.eval()
@@ -95,6 +95,17 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     if cfg.compile_unet:  # in place: the module (state_dict, save_pretrained) stays a plain UNet
         unet.compile()
     return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config), attention)
+
+
+def select_sdxl_text_encoders(text_encoder, cfg: TrainConfig) -> None:
+    from ..errors import DreamboothError
+
+    if cfg.stop_text_encoder > 0 and not (cfg.sdxl_train_text_encoder or cfg.sdxl_train_text_encoder_2):
+        raise DreamboothError(f"stop_text_encoder is {cfg.stop_text_encoder:g} but neither SDXL text encoder is "
+                              "chosen to train: turn on sdxl_train_text_encoder (CLIP-L) and/or "
+                              "sdxl_train_text_encoder_2 (OpenCLIP-bigG), or set stop_text_encoder to 0",
+                              field="sdxl_train_text_encoder")
+    text_encoder.select_trained(cfg.sdxl_train_text_encoder, cfg.sdxl_train_text_encoder_2)
 
 
 def compute_dtype(mixed_precision: str):
