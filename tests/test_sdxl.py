@@ -49,7 +49,7 @@ def test_single_file_layout_is_sdxl(sdxl_checkpoint):
     assert "addition_embed_type" in json.loads(metadata["dreambooth_configs"])["unet"]
 
 
-def test_create_detects_sdxl(sdxl_checkpoint, models_root):
+def test_create_detects_sdxl(sdxl_checkpoint, models_root, tmp_path):
     from dreambooth.convert.diffusers_io import load_components
     from dreambooth.service.operations import create_model, load_params
 
@@ -65,6 +65,11 @@ def test_create_detects_sdxl(sdxl_checkpoint, models_root):
     assert text_encoder.text_encoder_2.config.num_hidden_layers == 3  # every block: SDXL picks its layer at run time
     assert tokenizer.tokenizer_2.pad_token_id == 0 and tokenizer.tokenizer.pad_token_id == 49407
     assert scheduler["prediction_type"] == "epsilon"
+    # an SDXL diffusers folder is a source too
+    copy = create_working(model.working, tmp_path / "copy", progress=quiet)
+    assert copy["model_type"] == "SDXL"
+    first, second = sdxl_weights(model.working), sdxl_weights(tmp_path / "copy")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def _variant(source, tmp_path, name, change) -> object:
