@@ -288,3 +288,18 @@ def test_text_encoder_training_with_no_sdxl_encoder_chosen_is_refused(sdxl_check
     with pytest.raises(DreamboothError) as error:
         Trainer(model, cfg).run()
     assert error.value.field == "sdxl_train_text_encoder" and "stop_text_encoder to 0" in str(error.value)
+
+
+def test_sdxl_vae_stays_fp32_under_fp16(sdxl_parts):
+    """SDXL's VAE overflows in fp16 (NaN latents): under fp16 only the frozen text encoders are cast."""
+    import copy
+
+    from dreambooth.train.setup import Models, cast_frozen
+
+    unet, vae, text_encoder, tokenizer = sdxl_parts
+    for precision, cast, vae_dtype in (("fp16", ["text_encoder"], torch.float32),
+                                       ("bf16", ["vae", "text_encoder"], torch.bfloat16)):
+        models = Models(unet, copy.deepcopy(vae), copy.deepcopy(text_encoder), tokenizer, {})
+        assert cast_frozen(models, precision, text_encoder_frozen=True) == cast
+        assert next(models.vae.parameters()).dtype == vae_dtype
+        assert next(models.text_encoder.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
