@@ -302,4 +302,58 @@ def test_sdxl_vae_stays_fp32_under_fp16(sdxl_parts):
         models = Models(unet, copy.deepcopy(vae), copy.deepcopy(text_encoder), tokenizer, {})
         assert cast_frozen(models, precision, text_encoder_frozen=True) == cast
         assert next(models.vae.parameters()).dtype == vae_dtype
-        assert next(models.text_encoder.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        expected = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        assert next(models.text_encoder.parameters()).dtype == expected
+
+
+def test_sdxl_sized_layout_on_meta_device():
+    """Real SDXL geometry (on the meta device, no memory): the key names and shapes of SDXL base files, the
+    configs read back from them, and diffusers' own single-file UNet converter agreeing with our layout."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from dreambooth.convert.diffusers_io import build_text_encoder, text_encoder_state_dict
+    from dreambooth.convert.sdxl_io import build_text_encoder_2
+    from dreambooth.convert.sdxl_map import diffusers_to_sdxl, infer_sdxl_configs, sdxl_to_diffusers
+
+    unet_cfg = {"sample_size": 128, "cross_attention_dim": 2048, "attention_head_dim": [5, 10, 20],
+                "use_linear_projection": True, "layers_per_block": 2, "block_out_channels": [320, 640, 1280],
+                "transformer_layers_per_block": [1, 2, 10], "addition_embed_type": "text_time",
+                "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+                "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
+    vae_cfg = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
+               "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
+    clip_l = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+              "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu"}
+    big_g = {"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+             "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 1280}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_cfg)
+        vae = AutoencoderKL.from_config(vae_cfg)
+        text_encoder, text_encoder_2 = build_text_encoder(clip_l), build_text_encoder_2(big_g)
+    states = {"unet": unet.state_dict(), "vae": vae.state_dict(), "text_encoder": text_encoder_state_dict(text_encoder),
+              "text_encoder_2": text_encoder_2.state_dict()}
+    configs = {"unet": dict(unet.config), "vae": dict(vae.config), "text_encoder": clip_l, "text_encoder_2": big_g}
+    ldm = diffusers_to_sdxl(states, configs, {"logit_scale": torch.tensor(4.6052)})
+    for key, shape in [("model.diffusion_model.label_emb.0.0.weight", (1280, 2816)),
+                       ("model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight", (640, 2048)),
+                       ("model.diffusion_model.middle_block.1.transformer_blocks.9.ff.net.2.weight", (1280, 5120)),
+                       ("model.diffusion_model.output_blocks.2.2.conv.weight", (1280, 1280, 3, 3)),
+                       ("conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc1.weight", (3072, 768)),
+                       ("conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight", (3840, 1280)),
+                       ("conditioner.embedders.1.model.text_projection", (1280, 1280)),
+                       ("first_stage_model.decoder.up.3.upsample.conv.weight", (512, 512, 3, 3))]:
+        assert tuple(ldm[key].shape) == shape, key
+    assert "model.diffusion_model.input_blocks.1.1.proj_in.weight" not in ldm  # no attention at the first level
+    inferred = infer_sdxl_configs(ldm, {})
+    assert {k: inferred["unet"][k] for k in unet_cfg} == unet_cfg
+    assert inferred["vae"]["scaling_factor"] == 0.13025
+    assert {k: inferred["text_encoder_2"][k] for k in big_g} == big_g
+    assert {k: inferred["text_encoder"][k] for k in clip_l} == clip_l
+    back, extras = sdxl_to_diffusers(ldm, inferred)
+    assert back["unet"].keys() == states["unet"].keys()
+    assert back["text_encoder_2"].keys() == states["text_encoder_2"].keys()
+    assert set(extras) == {"logit_scale"}
+    theirs = convert_ldm_unet_checkpoint(ldm, unet.config)  # how diffusers reads the file's UNet
+    assert theirs.keys() == states["unet"].keys()

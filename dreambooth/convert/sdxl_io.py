@@ -143,8 +143,7 @@ def save_sdxl_folder(folder, unet, vae, text_encoder, scheduler_config: dict, ex
         scheduler.setdefault("_class_name", "PNDMScheduler")
         scheduler["_diffusers_version"] = _diffusers_version()
         atomic_write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
-        atomic_write_json(tmp / "model_index.json", dict(model_index(scheduler["_class_name"]),
-                                                         _diffusers_version=_diffusers_version()))
+        atomic_write_json(tmp / "model_index.json", model_index(scheduler["_class_name"]))
     return folder
 
 
