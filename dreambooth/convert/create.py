@@ -96,7 +96,7 @@ def _sdxl_components(state_dict: dict, metadata: dict, name: str, progress: Call
 
 
 def _folder_family(folder: Path) -> tuple[str, str]:
-    """("v1x" | "v2x-512", the scheduler's prediction type) of a diffusers folder."""
+    """("v1x" | "v2x-512" | "SDXL", the scheduler's prediction type) of a diffusers folder."""
     from .openclip_map import is_openclip_config
 
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
