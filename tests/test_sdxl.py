@@ -353,7 +353,8 @@ def test_sdxl_sized_layout_on_meta_device():
     assert {k: inferred["text_encoder"][k] for k in clip_l} == clip_l
     back, extras = sdxl_to_diffusers(ldm, inferred)
     assert back["unet"].keys() == states["unet"].keys()
-    assert back["text_encoder_2"].keys() == states["text_encoder_2"].keys()
+    # transformers 4.30 still lists the position_ids buffer, which no checkpoint needs to carry
+    assert set(back["text_encoder_2"]) == {k for k in states["text_encoder_2"] if not k.endswith("position_ids")}
     assert set(extras) == {"logit_scale"}
     theirs = convert_ldm_unet_checkpoint(ldm, unet.config)  # how diffusers reads the file's UNet
     assert theirs.keys() == states["unet"].keys()
