@@ -252,6 +252,8 @@ def test_per_encoder_text_training_previews_and_export(sdxl_checkpoint, models_r
 
     model = create_model("xl", sdxl_checkpoint, progress=quiet)
     before = sdxl_weights(model.working)
+    frozen_file = model.working / "text_encoder_2" / "model.safetensors"
+    frozen_inode = frozen_file.stat().st_ino
     concept = {"instance_data_dir": str(one_image), "instance_prompt": "a photo of sks toy", "n_save_sample": 1,
                "sample_seed": 3, "save_infer_steps": 2, "num_class_images_per": 1, "class_prompt": "a photo of a toy",
                "class_infer_steps": 2}
@@ -265,6 +267,7 @@ def test_per_encoder_text_training_previews_and_export(sdxl_checkpoint, models_r
     changed = {name: any(not torch.equal(before[k], after[k]) for k in before if k.startswith(name + "/"))
                for name, _ in COMPONENTS}
     assert changed == {"unet": True, "vae": False, "text_encoder": True, "text_encoder_2": False}
+    assert frozen_file.stat().st_ino == frozen_inode  # the frozen encoder is not rewritten at every save
     assert result.samples and all(p.is_file() for p in result.samples)  # previews through the SDXL pipeline
 
     ckpt = result.checkpoints[0]  # written from the live modules during training

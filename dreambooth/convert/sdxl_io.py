@@ -112,12 +112,13 @@ def model_index(scheduler_class: str) -> dict:
 
 
 def write_text_encoders(folder: Path, text_encoder) -> None:
-    """Both encoders into folder/text_encoder and folder/text_encoder_2 (each atomically)."""
+    """The encoders that train into folder/text_encoder and/or folder/text_encoder_2 (each atomically);
+    a frozen one is already there unchanged (OpenCLIP-bigG alone is 2.8 GB in fp32)."""
     from .diffusers_io import save_text_encoder
 
-    for name, module in text_encoder.parts().items():
+    for name in text_encoder.trained:
         with atomic_dir(Path(folder) / name) as tmp:
-            save_text_encoder(tmp, module)
+            save_text_encoder(tmp, getattr(text_encoder, name))
 
 
 def save_sdxl_folder(folder, unet, vae, text_encoder, scheduler_config: dict, extras: dict | None = None) -> Path:
