@@ -125,7 +125,8 @@ def low_memory_settings(images: int) -> dict:
     from ..wizard import recommend
 
     changes, _ = recommend(6, images, "v1x", bnb_available=adam8bit_class() is not None)
-    keep = ("mixed_precision", "optimizer", "gradient_checkpointing", "stop_text_encoder", "use_ema")
+    keep = ("mixed_precision", "optimizer", "gradient_checkpointing", "stop_text_encoder", "use_ema",
+            "fused_backward_pass", "gradient_accumulation_steps")
     return {key: changes[key] for key in keep if key in changes}
 
 
@@ -207,7 +208,9 @@ def prepare_workdir(root: Path, preset: str, images: int, resolution: int, log) 
     return {"models_root": str(root / "models"), "model": str(model_path), "images": str(folder)}
 
 
-def run_worker(spec: dict, timeout: float = 1800) -> dict:
+def run_worker(spec: dict, timeout: float | None = None) -> dict:
+    if timeout is None:  # an SD1.5-sized step takes minutes on a busy CPU
+        timeout = 4 * 3600 if spec.get("low_memory") else 1800
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "dreambooth.tools.bench", "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=timeout)
@@ -279,6 +282,8 @@ def _run(args, root: Path, log) -> int:
 
     import torch
 
+    from .bench_reference import adam8bit_class
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = torch.cuda.get_device_name(0) if device == "cuda" else (platform.processor() or platform.machine())
     paths = prepare_workdir(root, args.preset, args.images, args.resolution, log)
@@ -290,11 +295,11 @@ def _run(args, root: Path, log) -> int:
         base["low_memory_settings"] = low_memory_settings(args.images)
         log(f"low-memory race: trainer with the Wizard's settings {base['low_memory_settings']}; reference with "
             "gradient checkpointing, set-grads-to-none and "
-            + ("8-bit AdamW" if "8bit" in base["low_memory_settings"].get("optimizer", "") else "AdamW"))
+            + ("8-bit AdamW" if adam8bit_class() is not None else "AdamW (bitsandbytes does not run here)"))
     load_before = os.getloadavg()
     log(f"{args.pairs} pairs of runs, {args.steps} steps each ({args.warmup} warm-up), batch {args.batch}, "
         f"{args.resolution} px, preset {args.preset}, gradient checkpointing "
-        f"{'on' if args.gradient_checkpointing else 'off'} in both, device {device} ({device_name}), "
+        f"{'on' if base['gradient_checkpointing'] else 'off'} in both, device {device} ({device_name}), "
         f"{args.threads or torch.get_num_threads()} torch threads per run, load average {load_before[0]:.2f}")
     reference, trainer, speedups, rss_ratios = [], [], [], []
     for pair in range(args.pairs):

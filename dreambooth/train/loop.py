@@ -18,6 +18,7 @@ from .control import TrainControl
 from .plan import TrainPlan, plan_from_config, shard_groups
 from .schedulers import build_lr_scheduler, learning_rate_factor, learning_rates, spec_from_config
 from .ema import EMA, resolve_update_every
+from .fused_backward import FusedBackward, check_fused_backward
 from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
                     set_text_encoder_trainable, text_encoder_epochs)
 from .pace import TrainingPace
@@ -78,6 +79,8 @@ class Trainer:
 
         self.accelerator = accelerator = make_accelerator(cfg, self.log)
         self.device = accelerator.device
+        if cfg.fused_backward_pass:  # refused before the slow preparation when it cannot train this
+            check_fused_backward(cfg, accelerator.num_processes, accelerator.mixed_precision)
         self.check_every = self._check_every_override or (1 if self.device.type == "cpu" else LOG_EVERY)
         self.models = models = load_models(self.model, self.device, cfg)
         text_encoder_frozen = cfg.stop_text_encoder <= 0
@@ -114,6 +117,11 @@ class Trainer:
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
+        self.fused = None
+        if cfg.fused_backward_pass:
+            self.fused = FusedBackward(optimizer, cfg.max_grad_norm)
+            self.log("fused backward pass: each weight is stepped and its gradient freed during the backward pass"
+                     + (f" (max_grad_norm {cfg.max_grad_norm:g} clips each tensor)" if cfg.max_grad_norm > 0 else ""))
         if self.text_encoder_training:
             self.unet, self.text_encoder, self.optimizer = accelerator.prepare(models.unet, models.text_encoder,
                                                                                optimizer)
@@ -166,6 +174,13 @@ class Trainer:
 
     # the loop ---------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if getattr(self, "fused", None) is not None:  # the UNet may outlive this run (tests, the bench)
+                self.fused.remove()
+
+    def _run(self) -> TrainResult:
         self._prepare()
         result = TrainResult("done", 0, self.start_revision, main_process=self.accelerator.is_main_process)
         self.result = result
@@ -245,10 +260,11 @@ class Trainer:
             total_loss = total_loss + loss.detach()
             total_prior = total_prior + prior_part.detach() / len(group)
         self._watch_for_nan(total_loss)
-        if self.cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(self._trained_parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=self.cfg.gradient_set_to_none)
+        if self.fused is None:  # (fused: every tensor was stepped and its gradient freed during backward)
+            if self.cfg.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(self._trained_parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=self.cfg.gradient_set_to_none)
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update()

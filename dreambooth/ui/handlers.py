@@ -217,6 +217,13 @@ def detect_vram_gb() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 1024**3
 
 
+def detect_bf16() -> bool | None:
+    """Whether the CUDA device computes in bf16 (None: no CUDA device, so not known)."""
+    import torch
+
+    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else None
+
+
 def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
     """Performance Wizard: CUDA VRAM (or the number the user entered), the concepts' image count."""
     import importlib.util
@@ -233,7 +240,7 @@ def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
     count = check_concepts(cfg.concepts())
     bnb = importlib.util.find_spec("bitsandbytes") is not None and vram > 0
     xformers = importlib.util.find_spec("xformers") is not None
-    changes, reasons = recommend(vram, count, model_type, bnb, xformers)
+    changes, reasons = recommend(vram, count, model_type, bnb, xformers, bf16_available=detect_bf16())
     lines = [f"Performance Wizard: {vram:g} GB VRAM ({source}), {count} image(s), {model_type}"]
     lines += [f"  {reason}" for reason in reasons]
     lines.append("review the values, then Save Params")
