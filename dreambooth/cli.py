@@ -43,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     create = command("create", help="create a model from a checkpoint or diffusers folder")
     create.add_argument("name")
-    create.add_argument("--source", required=True, help=".safetensors/.ckpt file, diffusers folder, or a file "
-                                                        "name in models/Stable-diffusion")
+    create.add_argument("--source", required=True, help=".safetensors/.ckpt file, diffusers folder, a file "
+                                                        "name in models/Stable-diffusion, or a Hugging Face Hub id "
+                                                        "(org/name; offline: read from the local HF cache)")
+    create.add_argument("--hub-token", default=None,
+                        help="token for a private or gated Hub model (default: $HF_TOKEN or the saved login)")
     create.add_argument("--model-type", choices=("v1x", "v2x-512", "v2x", "SDXL"), default=None,
                         help="override the detected model type (v2x = SD2.x 768 v-prediction)")
 
@@ -124,7 +127,7 @@ def cmd_serve(args) -> int:
 def cmd_create(args) -> int:
     from .service.operations import create_model
 
-    create_model(args.name, args.source, model_type=args.model_type)
+    create_model(args.name, args.source, model_type=args.model_type, hub_token=args.hub_token)
     return 0
 
 

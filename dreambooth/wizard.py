@@ -12,9 +12,11 @@ _NATIVE_RESOLUTION = {"v1x": 512, "v2x-512": 512, "v2x": 768, "SDXL": 1024}
 
 def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
               bnb_available: bool = False, xformers_available: bool = False,
-              bf16_available: bool | None = None) -> tuple[dict, list[str]]:
+              bf16_available: bool | None = None, made_for: int | None = None) -> tuple[dict, list[str]]:
     """Settings for a GPU with `vram_gb` GB (None or 0 = no GPU: CPU/MPS) and `image_count` instance images.
     `bf16_available`: whether the GPU computes in bf16 (None = not known: assumed, with a note).
+    `made_for`: the resolution the model itself was built for (its UNet's sample size), when known; it
+    wins over the type's usual size (a tiny demo model is made for 64 px, not 512).
 
     Returns (changes: field name -> value, reasons: one readable line per decision).
     """
@@ -38,9 +40,13 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
     sdxl = model_type == "SDXL"
     gpu = vram > 0
 
-    resolution = _NATIVE_RESOLUTION[model_type]
-    changes["resolution"] = resolution
-    reasons.append(f"resolution = {resolution}: the native size of a {model_type} model")
+    if made_for:
+        changes["resolution"] = made_for
+        reasons.append(f"resolution = {made_for}: the size this model was made for")
+    else:
+        resolution = _NATIVE_RESOLUTION[model_type]
+        changes["resolution"] = resolution
+        reasons.append(f"resolution = {resolution}: the native size of a {model_type} model")
 
     if not gpu:
         changes.update(mixed_precision="no", train_batch_size=1, sample_batch_size=1,

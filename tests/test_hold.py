@@ -466,3 +466,23 @@ def test_samples_outside_training_take_the_lock_unload_and_free(tiny_model, demo
     assert written and written[0].is_file()
     assert events == ["lock+", "unload+", "render", "unload-", "lock-"]
     assert pipelines[0]() is None  # the pipeline's UNet is gone once the host's model returns
+
+
+# 5b. the backward pass runs outside autocast, whose cache holds a low-precision copy of every cast weight ------
+def test_backward_runs_outside_autocast(tiny_model, one_image):
+    seen = []
+
+    def autocast_on() -> bool:
+        check = getattr(torch, "is_autocast_cpu_enabled", None)  # torch 2.1-2.3; later: is_autocast_enabled("cpu")
+        return check() if check is not None else torch.is_autocast_enabled("cpu")
+
+    trainer = Trainer(tiny_model, quick_config(one_image, num_train_epochs=1, mixed_precision="bf16"))
+    original = trainer._prepare
+
+    def prepare_then_watch():
+        original()
+        weight = next(p for p in trainer.models.unet.parameters() if p.requires_grad)
+        weight.register_post_accumulate_grad_hook(lambda _: seen.append(autocast_on()))
+    trainer._prepare = prepare_then_watch
+    trainer.run()
+    assert seen and not any(seen), seen

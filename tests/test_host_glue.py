@@ -385,7 +385,7 @@ def test_training_says_it_waits_for_a_running_generation(webui):
             threading.Event().wait(0.05)
         status = jobs.runner().status()
         assert status.state == "waiting" and "WebUI" in status.message and not started.is_set()
-        from dreambooth.ui.handlers import status_text
+        from dreambooth.ui.live import status_text
 
         assert "current generation" in status_text(status)
     finally:

@@ -5,7 +5,7 @@ import pytest
 
 from dreambooth.config import TrainConfig, save_config
 from dreambooth.registry import CONCEPT_FIELDS, FIELDS
-from dreambooth.ui import handlers
+from dreambooth.ui import handlers, live
 from dreambooth.ui.handlers import concept_key
 
 
@@ -88,7 +88,11 @@ BAD = [
     ("load, unknown model", lambda m, t: handlers.load_params("ghost"), "does not exist"),
     ("load, path trick", lambda m, t: handlers.load_params("../etc"), "not allowed"),
     ("create, existing name", lambda m, t: handlers.create_model("m1", str(t)), "already exists"),
-    ("create, no source", lambda m, t: handlers.create_model("new", ""), "no source checkpoint"),
+    ("create, no source", lambda m, t: handlers.create_model("new", ""), "no source chosen"),
+    ("create, hub id not org/name", lambda m, t: handlers.create_model("new", "", hub_id="../etc"), "org/name"),
+    ("save, epochs not whole", lambda m, t: handlers.save_params("m1", {**handlers.default_values(),
+                                                                        "num_train_epochs": 2.7}),
+     "num_train_epochs (Training steps per image (epochs)) = 2.7 is not a whole number: type 2 or 3"),
     ("create, missing source", lambda m, t: handlers.create_model("new", str(t / "no/such.safetensors")),
      "does not exist"),
     ("create, source outside the roots", lambda m, t: handlers.create_model("new", "/no/such.safetensors"),
@@ -121,22 +125,27 @@ def test_bad_input_is_a_readable_message(models, tmp_path, what, call, expected)
 
 def test_wizard_fills_fields(models, tmp_path):
     make_model(models)
-    values = {**handlers.default_values(), concept_key(0, "instance_data_dir"): str(images_dir(tmp_path, 3))}
+    values = {**handlers.default_values(), concept_key(0, "instance_data_dir"): str(images_dir(tmp_path, 3)),
+              "train_batch_size": 7}
     changes, text = handlers.wizard("m1", values, 8 if handlers.detect_vram_gb() is None else None)
-    assert "3 image(s)" in text and "gradient_accumulation_steps" in changes
+    assert "3 image(s)" in text and "gradient_accumulation_steps = 1" in text
     assert set(changes) <= {f.name for f in FIELDS}
+    # only what differs from the screen comes back, and the message lists it (the tab marks those fields)
+    assert "gradient_accumulation_steps" not in changes  # 1 on screen, 1 recommended
+    assert changes["train_batch_size"] < 7 and f"train_batch_size 7 → {changes['train_batch_size']}" in text
+    assert all(handlers._differs(values[name], value) for name, value in changes.items())
 
 
 def test_status_text():
     from dreambooth.train.control import TrainStatus
 
-    text = handlers.status_text(TrainStatus(state="training", model_name="m", epoch=1, total_epochs=2, step=3,
+    text = live.status_text(TrainStatus(state="training", model_name="m", epoch=1, total_epochs=2, step=3,
                                             total_steps=8, loss=0.1234, lr=1e-4, it_per_s=2.5, eta_s=75,
                                             memory_mb=900))
-    for part in ("epoch 1/2", "step 3/8", "loss 0.1234", "2.50 it/s", "ETA 1:15", "memory 900 MB"):
+    for part in ("epoch 1/2", "step 3/8", "loss 0.1234", "2.50\u00a0it/s", "ETA 1:15", "memory 900\u00a0MB"):
         assert part in text
     assert "lr 1.00e\u201104" in text and "-" not in text  # the status box cannot wrap inside the number
-    assert handlers.status_text(TrainStatus()) == "idle"
+    assert live.status_text(TrainStatus()) == "idle"
 
 
 def test_tab_has_a_widget_per_registry_field(models):

@@ -28,7 +28,8 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
                        cache_dir: Path | None = None, enable_buckets: bool = True, step: int = 64,
                        hflip: bool = False, shuffle_tags: bool = False, keep_tags: int = 1,
                        cache_text: bool = True, warn: Callable[[str], None] | None = None,
-                       log: Callable[[str], None] | None = None) -> TrainingSet:
+                       log: Callable[[str], None] | None = None,
+                       progress: Callable[[str], None] | None = None) -> TrainingSet:
     """Encode the instance (item, image info) pairs and the class pairs once, one chunk of images at a time.
 
     `classes` are class items with their bucket already set (that of the instance owning them) and
@@ -57,6 +58,13 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     fingerprint = vae_fingerprint(vae) if disk is not None else ""
     digests: dict[Path, str] = {}
     buckets = []
+    done = [0]  # images encoded (or read from the disk cache) so far, for the status line
+
+    def encoded(count: int) -> None:
+        done[0] += count
+        if progress is not None:
+            progress(f"encoding images {done[0]} of {len(entries)}")
+
     for size, members in zip(sizes, rows):
         bucket = Bucket(size)
         load = lambda row, members=members, size=size: load_pixels(entries[members[row]][1], size)  # noqa: E731
@@ -68,10 +76,10 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
             if disk is not None:
                 keys = {flip: [entry_key(_digest(digests, entries[n][0].path), size, flip, resolution, fingerprint)
                                for n in members] for flip in flips}
-            encoded = encode_rows(vae, load, len(members), size, device, keys, disk, flips)
-            bucket.mean, bucket.std = encoded[False]
+            latents = encode_rows(vae, load, len(members), size, device, keys, disk, flips, on_encoded=encoded)
+            bucket.mean, bucket.std = latents[False]
             if hflip:
-                bucket.mean_flip, bucket.std_flip = encoded[True]
+                bucket.mean_flip, bucket.std_flip = latents[True]
         buckets.append(bucket)
     if disk is not None:
         removed = disk.prune()

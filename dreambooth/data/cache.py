@@ -105,8 +105,10 @@ def encode_chunk_size(size: tuple[int, int], batch_pixels: int = ENCODE_PIXELS) 
 
 
 def encode_rows(vae, load: Callable[[int], object], count: int, size: tuple[int, int], device,
-                keys: dict[bool, list[str]] | None, disk: DiskCache | None, flips: list[bool]):
-    """{flip: (mean, std)} for `count` images of one bucket, from the disk cache where it has them.
+                keys: dict[bool, list[str]] | None, disk: DiskCache | None, flips: list[bool],
+                on_encoded: Callable[[int], None] = lambda count: None):
+    """{flip: (mean, std)} for `count` images of one bucket, from the disk cache where it has them;
+    `on_encoded(n)` hears of each n images done (cache hits first, then each encoded chunk).
 
     `load(row)` decodes one image to uint8 (3, H, W) at the bucket size; only a chunk of them is held at
     once, so memory does not grow with the number or the size of the source images."""
@@ -124,6 +126,8 @@ def encode_rows(vae, load: Callable[[int], object], count: int, size: tuple[int,
                 found[flip][0][row], found[flip][1][row] = hit
         if not complete:
             missing.append(row)
+    if count > len(missing):
+        on_encoded(count - len(missing))
     chunk = encode_chunk_size(size)
     for start in range(0, len(missing), chunk):
         rows = missing[start:start + chunk]
@@ -135,4 +139,5 @@ def encode_rows(vae, load: Callable[[int], object], count: int, size: tuple[int,
                 if disk is not None:
                     disk.save(keys[flip][row], mean[offset], std[offset])
         del pixels
+        on_encoded(len(rows))
     return {flip: (torch.stack(means), torch.stack(stds)) for flip, (means, stds) in found.items()}

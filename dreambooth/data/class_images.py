@@ -81,10 +81,14 @@ def plan_class_images(concepts: list[Concept], items: list[TrainItem], model) ->
 
 def generate_class_images(jobs: list[ClassJob], pipeline, concepts: list[Concept], batch_size: int, seed: int,
                           clip_skip: int | None, log: Callable[[str], None],
-                          canceled: Callable[[], bool] = lambda: False) -> int:
+                          canceled: Callable[[], bool] = lambda: False,
+                          progress: Callable[[str], None] | None = None) -> int:
     """Render the jobs in batches of `batch_size` (one size and concept per batch); returns how many were
-    written. Image number i of a concept uses seed `seed + i`."""
+    written. Image number i of a concept uses seed `seed + i`. `progress` hears "class images i-j of n,
+    step k of m"."""
     import torch
+
+    from ..model.sampling import step_reporter
 
     unet = pipeline.unet
     was_training = unet.training
@@ -98,12 +102,16 @@ def generate_class_images(jobs: list[ClassJob], pipeline, concepts: list[Concept
             concept = concepts[chunk[0].concept]
             width, height = chunk[0].size
             negative = concept.class_negative_prompt.strip()
+            where = f"class image {done + 1}" + (f"-{done + len(chunk)}" if len(chunk) > 1 else "") + f" of {len(jobs)}"
+            if progress is not None:
+                progress(where)
             images = pipeline([job.prompt for job in chunk],
                               negative_prompt=[negative] * len(chunk) if negative else None,
                               num_inference_steps=concept.class_infer_steps,
                               guidance_scale=concept.class_guidance_scale, height=height, width=width,
                               generator=[torch.Generator("cpu").manual_seed(seed + job.number) for job in chunk],
-                              clip_skip=clip_skip).images
+                              clip_skip=clip_skip,
+                              callback_on_step_end=step_reporter(progress, where, concept.class_infer_steps)).images
             for job, image in zip(chunk, images):
                 job.path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(job.path.with_suffix(".txt"), job.words + "\n")

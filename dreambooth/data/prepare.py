@@ -26,6 +26,7 @@ class PreparationInputs:
     log: Callable[[str], None]
     set_state: Callable[[str], None]   # the status line ("generating class images", "preparing")
     canceled: Callable[[], bool]
+    progress: Callable[[str], None] = lambda text: None  # progress within the phase ("encoding images 3 of 8")
 
 
 def prepare_training_set(inputs: PreparationInputs, concepts: list[Concept], pairs) -> TrainingSet:
@@ -55,7 +56,7 @@ def prepare_training_set(inputs: PreparationInputs, concepts: list[Concept], pai
         cache_dir=model.cache if cfg.cache_latents_on_disk else None, enable_buckets=cfg.enable_buckets,
         step=step, hflip=cfg.hflip, shuffle_tags=cfg.shuffle_tags, keep_tags=cfg.keep_tags,
         cache_text=cfg.stop_text_encoder <= 0,  # the text encoder never trains: its outputs never change
-        warn=warn, log=log)
+        warn=warn, log=log, progress=inputs.progress)
 
 
 def _generate(inputs: PreparationInputs, concepts: list[Concept], jobs) -> None:
@@ -71,5 +72,6 @@ def _generate(inputs: PreparationInputs, concepts: list[Concept], jobs) -> None:
                               models.scheduler_config)
     with inputs.autocast():
         generate_class_images(jobs, pipeline, concepts, cfg.sample_batch_size, inputs.class_image_seed,
-                              pipeline_clip_skip(cfg.clip_skip), inputs.log, canceled=inputs.canceled)
+                              pipeline_clip_skip(cfg.clip_skip), inputs.log, canceled=inputs.canceled,
+                              progress=inputs.progress)
     inputs.set_state("preparing")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..config import Concept
 from ..platform.fsutil import atomic_path, atomic_write_text
@@ -63,9 +64,22 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict):
     return pipeline
 
 
+def step_reporter(progress: Callable[[str], None] | None, prefix: str, steps: int):
+    """A diffusers `callback_on_step_end` that reports "<prefix>, step k of m" (None without `progress`)."""
+    if progress is None:
+        return None
+
+    def on_step_end(pipeline, step, timestep, tensors):
+        progress(f"{prefix}, step {step + 1} of {steps}")
+        return tensors
+
+    return on_step_end
+
+
 def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out_dir: Path, tag: str,
-                     device, clip_skip: int = 1) -> list[Path]:
-    """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings."""
+                   device, clip_skip: int = 1, progress: Callable[[str], None] | None = None) -> list[Path]:
+    """Render every request to `out_dir/sample_<tag>-<i>.png` with a `.txt` holding its settings;
+    `progress` hears "image i of n, step k of m"."""
     import torch
 
     written = []
@@ -75,10 +89,14 @@ def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out
     try:
         for i, request in enumerate(requests):
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            where = f"image {i + 1} of {len(requests)}"
+            if progress is not None:
+                progress(where)
             image = pipeline(request.prompt, negative_prompt=request.negative_prompt or None,
                              num_inference_steps=request.steps, guidance_scale=request.guidance,
                              height=resolution, width=resolution, generator=generator,
-                             clip_skip=pipeline_clip_skip(clip_skip)).images[0]
+                             clip_skip=pipeline_clip_skip(clip_skip),
+                             callback_on_step_end=step_reporter(progress, where, request.steps)).images[0]
             path = out_dir / f"sample_{tag}-{i}.png"
             with atomic_path(path) as tmp:
                 image.save(tmp, format="PNG")
@@ -90,3 +108,28 @@ def render_samples(pipeline, requests: list[SampleRequest], resolution: int, out
     finally:
         unet.train(was_training)
     return written
+
+
+def sample_caption(path: Path) -> str:
+    """"step 12: a photo of sks toy" from sample_<revision>[-manual]-<i>.png and the prompt in its .txt."""
+    tag = path.stem[len("sample_"):].rsplit("-", 1)[0] if path.stem.startswith("sample_") else path.stem
+    manual = tag.endswith("-manual")
+    step = tag[:-len("-manual")] if manual else tag
+    text = path.with_suffix(".txt")
+    prompt = text.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].strip() if text.is_file() else ""
+    where = f"step {step}" + (" (Generate Samples)" if manual else "")
+    return f"{where}: {prompt}" if prompt else where
+
+
+def list_samples(folder: Path, limit: int = 200) -> list[tuple[Path, str]]:
+    """Every preview in `folder` with its caption, newest first (the newest `limit` of them)."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob("sample_*.png"):
+        try:
+            found.append((path.stat().st_mtime, path))
+        except OSError:  # removed meanwhile
+            continue
+    found.sort(key=lambda item: (item[0], item[1].name), reverse=True)
+    return [(path, sample_caption(path)) for _, path in found[:limit]]

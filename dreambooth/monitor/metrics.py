@@ -1,6 +1,7 @@
 """Per-step metrics (loss, learning rate, memory) in `logging/metrics.jsonl`.
 
 Loss values stay on the device until a flush, so the loop does not wait for the device every step.
+The same rows go to a TensorBoard events file in the same folder (monitor/tensorboard.py).
 """
 from __future__ import annotations
 
@@ -10,8 +11,18 @@ from pathlib import Path
 from typing import Callable
 
 from ..platform.fsutil import atomic_path
+from .tensorboard import EventWriter
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def tensorboard_scalars(row: dict) -> dict[str, float]:
+    """A metrics row as TensorBoard tags; memory is tagged RAM or VRAM, as it measures one or the other."""
+    memory = "VRAM" if row.get("memory_kind", "").startswith("VRAM") else "RAM"
+    scalars = {"train/loss": row["loss"], "train/lr": row["lr"], f"memory/{memory}_MB": row["memory_mb"]}
+    if row.get("prior_loss"):
+        scalars["train/prior_loss"] = row["prior_loss"]
+    return scalars
 
 
 def memory_mb(device) -> float:
@@ -39,8 +50,10 @@ class MetricsLog:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / METRICS_FILE
         self._pending: list[tuple[dict, dict]] = []
+        self.events = None
         if not owner:  # the other processes of a data-parallel run never write the file
             return
+        self.events = EventWriter(folder, fresh=keep_until is None)
         kept = [] if keep_until is None else [row for row in read_metrics(folder, warn)
                                                 if row.get("step", 0) <= keep_until]
         with atomic_path(self.path) as tmp:
@@ -69,6 +82,8 @@ class MetricsLog:
         self._pending.clear()
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(row) + "\n" for row in rows))
+        if self.events is not None:
+            self.events.add([(row["step"], tensorboard_scalars(row)) for row in rows])
         return rows
 
 

@@ -19,6 +19,7 @@ from ..train.control import TrainControl, TrainStatus
 
 log = logging.getLogger("dreambooth")
 MAX_NOTES = 500
+REPEAT_WINDOW_S = 5.0  # the same line again within this time is one event reported twice (job and button)
 FINAL_STATES = ("done", "canceled", "failed")
 
 
@@ -39,11 +40,18 @@ class JobRunner:
         self._job: Job | None = None  # running job
         self._last: Job | None = None  # most recent job (running or finished) for status
         self._notes: list[str] = []  # the unified log: UI messages and every job's log lines
+        self._last_note: tuple[str, float] = ("", 0.0)
 
     # log ------------------------------------------------------------------------------------------
     def note(self, message: str) -> None:
+        """Add a line to the log. A job's own line and the button's answer can be the same words (Cancel,
+        Generate Samples during training): the second is dropped, so no line appears twice."""
+        now = time.monotonic()
         line = f"{time.strftime('%H:%M:%S')} {message}"
         with self._lock:
+            if self._last_note[0] == message and now - self._last_note[1] < REPEAT_WINDOW_S:
+                return
+            self._last_note = (message, now)
             self._notes.append(line)
             del self._notes[:-MAX_NOTES]
 

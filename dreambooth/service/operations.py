@@ -27,8 +27,10 @@ __all__ = ["create_model", "load_params", "save_params", "train_model", "generat
            "list_models", "list_source_checkpoints", "ensure_embedded_source", "demo_instance_dir"]
 
 
-def resolve_source(source: str | Path) -> Path:
-    """A path, or the name of a file in the checkpoint folder (what the tab's dropdown offers)."""
+def resolve_source(source: str | Path, hub_token: str | None = None,
+                   progress: Callable[[str], None] = print) -> Path:
+    """A path, the name of a file in the checkpoint folder (what the tab's dropdown offers), or a Hugging
+    Face Hub model id (org/name) when no such file exists (convert/hub.py)."""
     text = str(source or "").strip()
     if not text:
         raise DreamboothError("source checkpoint is empty: choose a .safetensors/.ckpt file or a diffusers folder",
@@ -37,6 +39,10 @@ def resolve_source(source: str | Path) -> Path:
     if not path.exists() and not path.is_absolute() and (host.checkpoint_dir() / text).exists():
         path = host.checkpoint_dir() / text
     if not path.exists():
+        from ..convert.hub import is_hub_id, resolve_hub_model
+
+        if is_hub_id(text) and not path.is_absolute():
+            return resolve_hub_model(text, hub_token, progress)
         raise DreamboothError(f"source checkpoint {shorten(text)} does not exist", field="source")
     return path.resolve()
 
@@ -71,15 +77,16 @@ def _size(path: Path) -> int:
 
 
 def create_model(name: str, source: str | Path, progress: Callable[[str], None] = print,
-                 model_type: str | None = None) -> ModelDir:
+                 model_type: str | None = None, hub_token: str | None = None) -> ModelDir:
     """Extract `source` into models/dreambooth/<name>/working with a fresh db_config.json (all or nothing).
 
-    `model_type` ("v1x", "v2x-512", "v2x", "SDXL") overrides the detected type; the resolution starts at the
-    type's native size (768 for v2x, 1024 for SDXL)."""
+    `source` may be a Hugging Face Hub id (`hub_token` for private or gated ones). `model_type` ("v1x",
+    "v2x-512", "v2x", "SDXL") overrides the detected type; the resolution starts at the type's native size
+    (768 for v2x, 1024 for SDXL)."""
     model = model_dir(name)
     if model.exists() or _folder_in_use(model):
         raise DreamboothError(f"a model named '{model.name}' already exists: choose another name", field="model_name")
-    path = resolve_source(source)
+    path = resolve_source(source, hub_token, progress)
     from ..convert.create import create_working
     from ..platform.diskspace import require_space
 
@@ -178,7 +185,8 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
         pipeline = build_pipeline(*parts[:4], dict(parts[4]))
         try:
             written = render_samples(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", device,
-                             clip_skip=cfg.clip_skip)
+                                     clip_skip=cfg.clip_skip,
+                                     progress=(lambda text: control.update(detail=text)) if control else None)
         finally:  # free the pipeline before the WebUI's model comes back
             del pipeline, parts
             gc.collect()

@@ -26,6 +26,7 @@ class TrainStatus:
     memory_mb: float | None = None  # VRAM on CUDA, process RSS otherwise
     memory_kind: str = ""  # what memory_mb measures: "VRAM" or "RAM (RSS)"
     message: str = ""
+    detail: str = ""  # progress within a long phase: "encoding images 3/8", "image 1 of 2, step 4 of 10"
     samples: list[str] = field(default_factory=list)  # latest sample image paths
     charts: list[str] = field(default_factory=list)  # latest chart image paths
     checkpoints: list[str] = field(default_factory=list)  # single-file checkpoints written this run

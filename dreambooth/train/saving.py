@@ -30,6 +30,7 @@ class SaveInputs:
     resume_state: dict             # the counters a snapshot needs to continue exactly
     save_config: Callable[[], None]
     log: Callable[[str], None]
+    progress: Callable[[str], None] = lambda text: None  # what is being written now (the status line)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class PreviewInputs:
     device: object
     autocast: Callable[[], ContextManager]
     log: Callable[[str], None]
+    progress: Callable[[str], None] = lambda text: None  # "image i of n, step k of m" (the status line)
 
 
 def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot: bool) -> tuple[Path | None, Path | None]:
@@ -59,6 +61,7 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
     from .snapshot import save_snapshot
 
     model, cfg, unet, text_encoder = state.model, state.cfg, state.unet, state.text_encoder
+    state.progress("writing working weights")
     with atomic_dir(model.working / "unet", need=tensor_bytes(unet.state_dict())) as tmp:
         unet.save_pretrained(tmp)
     if state.text_encoder_trained:
@@ -72,9 +75,11 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
             modules["vae"] = state.vae
         if state.text_encoder_trained or "text_encoder" not in state.frozen_cast:
             modules["text_encoder"] = text_encoder
+        state.progress("writing checkpoint")
         checkpoint = export_checkpoint(model, cfg, state.revision, modules)
         state.log(f"saved checkpoint {checkpoint}")
         if state.ema is not None and cfg.save_ema:
+            state.progress("writing EMA checkpoint")
             with state.ema.applied():
                 ema_file = export_checkpoint(model, cfg, state.revision, modules, suffix="_ema")
             state.log(f"saved EMA checkpoint {ema_file}")
@@ -84,6 +89,7 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
             trained["text_encoder"] = text_encoder
         if state.ema is not None:
             trained["ema_unet"] = state.ema
+        state.progress("writing resume snapshot")
         snapshot = save_snapshot(model.snapshots, state.revision, trained, state.optimizer, state.lr_scheduler,
                                  state.generator, state.resume_state, cfg.snapshots_to_keep,
                                  older_folders=(model.older_snapshots,))
@@ -103,6 +109,6 @@ def write_previews(preview: PreviewInputs) -> list[Path]:
     use_ema = preview.ema is not None and cfg.infer_ema
     with preview.autocast(), (preview.ema.applied() if use_ema else contextlib.nullcontext()):
         written = render_samples(pipeline, requests, cfg.resolution, preview.model.samples, str(preview.revision),
-                                 preview.device, clip_skip=cfg.clip_skip)
+                                 preview.device, clip_skip=cfg.clip_skip, progress=preview.progress)
     preview.log(f"saved {len(written)} sample(s) at step {preview.step}" + (" (EMA weights)" if use_ema else ""))
     return written

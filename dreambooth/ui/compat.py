@@ -117,3 +117,8 @@ def gallery(**kwargs):
     if GRADIO_MAJOR >= 4:
         kwargs.setdefault("interactive", False)
     return gr.Gallery(**kwargs)
+
+
+def chart_image(label: str, elem_id: str):
+    """A read-only image shown at the column's full width (a chart PNG), no upload area."""
+    return gr.Image(label=label, elem_id=elem_id, interactive=False, show_label=True)

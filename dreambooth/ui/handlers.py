@@ -6,7 +6,6 @@ tab shows them (tab.py wraps each handler). Paths from the widgets pass the path
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..platform import host, modellock, pathpolicy
@@ -54,6 +53,9 @@ def values_to_config(model: str, values: dict) -> TrainConfig:
             if raw is None or (isinstance(raw, str) and field.kind is not str and not raw.strip()):
                 raise DreamboothError(f"{field.name} ({field.label}) is empty: expected {field.describe_range()}",
                                       field=field.name)
+            if field.kind is int and isinstance(raw, float) and not raw.is_integer():  # said, never rounded
+                raise DreamboothError(f"{field.name} ({field.label}) = {raw:g} is not a whole number: type "
+                                      f"{int(raw)} or {int(raw) + 1}", field=field.name)
             cfg.set(field.name, raw)
     concepts = []
     for index in range(MAX_CONCEPTS):
@@ -90,11 +92,20 @@ def default_values() -> dict:
 
 
 # buttons ------------------------------------------------------------------------------------------
+def _running_job_note(model: str) -> str:
+    """Said after Save Params and the Wizard while a training runs: it keeps the values it started with."""
+    job = runner().current()
+    if job is None or job.kind != "train":
+        return ""
+    return (f" (the running training of '{job.model_name}' keeps the values it started with; "
+            + ("these apply to its next run)" if job.model_name == model else "these apply when you train this model)"))
+
+
 def save_params(model: str, values: dict) -> str:
     model = _require_model(model, "Save Params")
     cfg = values_to_config(model, values)
     path = operations.save_params(model, cfg)
-    return f"params of '{model}' saved to {path}"
+    return f"params of '{model}' saved to {path}{_running_job_note(model)}"
 
 
 def load_params(model: str) -> tuple[dict, str]:
@@ -129,20 +140,28 @@ def resume_label(model: str | None) -> str:
     return f"Resume from {snapshot.name} (step {snapshot_revision(snapshot)})"
 
 
-def create_model(name: str, source: str, model_type: str = "detect") -> str:
+def create_model(name: str, source: str, model_type: str = "detect", hub_id: str = "", hub_token: str = "") -> str:
+    """Create from the chosen source checkpoint, or from a Hugging Face Hub id when one is typed."""
+    from ..convert.hub import is_hub_id, resolve_hub_model
+
     name = (name or "").strip()
-    if not (source or "").strip():
-        raise DreamboothError("no source checkpoint chosen: pick one in Source checkpoint", field="source")
-    lines = []
+    hub_id = (hub_id or "").strip()
+    if hub_id and not is_hub_id(hub_id):
+        raise DreamboothError(f"Hub model id '{hub_id[:100]}' is not of the form org/name "
+                              "(e.g. runwayml/stable-diffusion-v1-5)", field="hub_id")
+    if not hub_id and not (source or "").strip():
+        raise DreamboothError("no source chosen: pick one in Source checkpoint or type a Hub model id",
+                              field="source")
 
     def progress(message: str) -> None:
-        lines.append(message)
         runner().note(message)
 
-    source = pathpolicy.check_source(source)
     with runner().exclusive("create", name or "?"):
+        # a Hub id is looked up by the hub library in its own cache (never as a path here); a path passes
+        # the path policy
+        source = resolve_hub_model(hub_id, hub_token, progress) if hub_id else pathpolicy.check_source(source)
         operations.create_model(name, source, progress=progress,
-                             model_type=None if model_type in (None, "", "detect") else model_type)
+                                model_type=None if model_type in (None, "", "detect") else model_type)
     if Path(str(source)).name == operations.EMBEDDED_CHECKPOINT:
         _apply_demo_settings(name)
         return (f"model '{name}' created from the embedded tiny demo checkpoint, with demo images as "
@@ -173,7 +192,9 @@ def train(model: str, values: dict, resume: bool = False) -> str:
     modellock.check_free(model_dir(model).path)  # another process trains it: say so now
     count = check_concepts(cfg.concepts())
     runner().start_training(model, cfg, resume=resume)
-    return f"training '{model}' started: {count} instance image(s), {cfg.num_train_epochs} epoch(s)"
+    return (f"training '{model}' started: {count} instance image(s), {cfg.num_train_epochs} epoch(s)"
+            + (" (resuming from the newest snapshot)" if resume else "")
+            + "; the values on screen were saved to its db_config.json")
 
 
 def cancel() -> str:
@@ -217,6 +238,23 @@ def detect_vram_gb() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 1024**3
 
 
+def made_for_resolution(model: str | None) -> int | None:
+    """The image size the model's UNet was built for (sample_size × the VAE's downscale), or None."""
+    import json
+
+    if not (model or "").strip():
+        return None
+    working = model_dir(model).working
+    try:
+        unet = json.loads((working / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((working / "vae" / "config.json").read_text(encoding="utf-8"))
+        size = unet["sample_size"]
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return int(size) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def detect_bf16() -> bool | None:
     """Whether the CUDA device computes in bf16 (None: no CUDA device, so not known)."""
     import torch
@@ -225,7 +263,8 @@ def detect_bf16() -> bool | None:
 
 
 def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
-    """Performance Wizard: CUDA VRAM (or the number the user entered), the concepts' image count."""
+    """Performance Wizard: CUDA VRAM (or the number the user entered), the image count of the concepts on
+    screen (no saved concepts needed), the model's own resolution. Returns only the values it changes."""
     import importlib.util
 
     from ..wizard import recommend
@@ -240,11 +279,65 @@ def wizard(model: str, values: dict, vram_from_user) -> tuple[dict, str]:
     count = check_concepts(cfg.concepts())
     bnb = importlib.util.find_spec("bitsandbytes") is not None and vram > 0
     xformers = importlib.util.find_spec("xformers") is not None
-    changes, reasons = recommend(vram, count, model_type, bnb, xformers, bf16_available=detect_bf16())
+    changes, reasons = recommend(vram, count, model_type, bnb, xformers, bf16_available=detect_bf16(),
+                                 made_for=made_for_resolution(model))
+    changed = {name: value for name, value in changes.items() if _differs(values.get(name), value)}
     lines = [f"Performance Wizard: {vram:g} GB VRAM ({source}), {count} image(s), {model_type}"]
     lines += [f"  {reason}" for reason in reasons]
-    lines.append("review the values, then Save Params")
-    return changes, "\n".join(lines)
+    if changed:
+        lines.append("changed: " + ", ".join(f"{name} {_shown(values.get(name))} → {_shown(value)}"
+                                             for name, value in changed.items()))
+        lines.append("the changed fields are marked; review them, then Save Params or Train"
+                     + _running_job_note(model or ""))
+    else:
+        lines.append("nothing to change: the fields already hold these values")
+    return changed, "\n".join(lines)
+
+
+def _shown(value) -> str:
+    return "(empty)" if value is None or value == "" else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _differs(screen, value) -> bool:
+    """Whether an on-screen value differs from `value` (numbers as numbers: 3 == 3.0; "" == None)."""
+    if isinstance(value, bool) or isinstance(screen, bool):
+        return screen != value
+    if isinstance(value, (int, float)):
+        try:
+            return abs(float(screen) - float(value)) > 1e-12 * max(1.0, abs(float(value)))
+        except (TypeError, ValueError):
+            return True
+    return str(screen if screen is not None else "").strip() != str(value if value is not None else "").strip()
+
+
+def edited_fields(values: dict, baseline: dict) -> list[str]:
+    """The widget names whose on-screen value differs from `baseline` (the params last loaded or saved)."""
+    return [name for name, value in baseline.items() if name in values and _differs(values[name], value)]
+
+
+def shown_baseline(model: str | None) -> dict:
+    """The values the fields hold when nothing was edited: the model's saved params, or the defaults."""
+    if (model or "").strip() and model_dir(model).config_file.is_file():
+        cfg, _ = operations.load_params(model)
+        return config_to_values(cfg)[0]
+    return default_values()
+
+
+def params_on_select(model: str, shown: str | None, values: dict) -> tuple[dict | None, str]:
+    """A model was selected: (its params, message) when the fields hold what was last loaded or saved
+    (nothing edited), else (None, a message naming the edits kept and how to replace them)."""
+    model = _require_model(model)
+    try:
+        baseline = shown_baseline(shown)
+    except DreamboothError:  # the shown model was removed meanwhile
+        baseline = default_values()
+    edited = edited_fields(values, baseline)
+    if edited:
+        names = ", ".join(edited[:6]) + (f" and {len(edited) - 6} more" if len(edited) > 6 else "")
+        return None, (f"'{model}' selected; the fields keep your unsaved edits ({names}): press Load Params to "
+                      f"replace them with the params of '{model}', or Save Params to save them to '{model}'")
+    loaded, text = load_params(model)
+    return loaded, f"{text} (selected; nothing on screen was edited)"
 
 
 def _config_from_values(values: dict) -> TrainConfig:
@@ -299,49 +392,3 @@ def neighbour_note() -> str | None:
             f"(`/dreambooth-tab/v1/...`). This tab's models are in `{host.dreambooth_root()}`; Save Params here "
             "writes this tab's `db_config.json` format. Train in one tab at a time (each needs the GPU to "
             "itself); to keep only one, disable the other in Extensions > Installed.")
-
-
-def memory_label(kind: str) -> str:
-    """VRAM is the trainer's own; on a CPU the figure is the whole process's RAM (the WebUI's too, hosted)."""
-    if kind.startswith("RAM"):
-        return "RAM of the whole WebUI process" if host.is_hosted() else "process RAM"
-    return kind or "memory"
-
-
-NON_BREAKING_HYPHEN = "\u2011"
-
-
-def status_text(status, kind: str | None = "train") -> str:
-    """One readable block: state, epoch/step, loss, lr, it/s, ETA, memory."""
-    if status.state == "idle" and not status.model_name:
-        return "idle"
-    if kind and kind != "train":
-        return f"{kind} {status.state}: {status.model_name}"
-    parts = [f"{status.state}: {status.model_name}"]
-    if status.total_epochs or status.epoch:
-        parts.append(f"epoch {status.epoch}/{status.total_epochs}")
-    if status.total_steps or status.step:
-        parts.append(f"step {status.step}/{status.total_steps}")
-    if status.loss is not None:
-        parts.append(f"loss {status.loss:.4f}")
-    if status.lr is not None:
-        parts.append(f"lr {status.lr:.2e}".replace("-", NON_BREAKING_HYPHEN))  # never "1.00e-" / "04"
-    if status.it_per_s is not None:
-        parts.append(f"{status.it_per_s:.2f} it/s")
-    if status.eta_s is not None and status.state == "training":
-        parts.append(f"ETA {int(status.eta_s) // 60}:{int(status.eta_s) % 60:02d}")
-    if status.memory_mb is not None:
-        parts.append(f"{memory_label(status.memory_kind)} {status.memory_mb:.0f} MB")
-    text = " · ".join(parts)
-    if status.message and status.state in ("failed", "waiting"):
-        text += f"\n{status.message}"
-    return text
-
-
-def poll() -> dict:
-    """Everything the live panel shows, as plain data."""
-    status = runner().status()
-    return {"status": status_text(status, runner().last_kind()), "samples": [p for p in status.samples if os.path.exists(p)],
-            "charts": [p for p in status.charts if os.path.exists(p)],
-            "log": "\n".join(reversed(runner().log_lines()[-200:])), "busy": runner().busy(),
-            "model": status.model_name}

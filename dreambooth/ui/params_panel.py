@@ -18,9 +18,7 @@ def field_widget(field: Field, elem_id: str):
         return gr.Checkbox(value=field.default, **common)
     if field.choices:
         return gr.Dropdown(choices=list(field.choices), value=field.default, **common)
-    if field.kind is int:
-        return gr.Number(value=field.default, precision=0, **common)
-    if field.kind is float:
+    if field.kind in (int, float):  # no precision=0: 2.7 epochs is refused with a message, never rounded
         return gr.Number(value=field.default, **common)
     lines = 3 if field.name in ("concepts_path",) or "prompt" in field.name else 1
     return gr.Textbox(value=field.default, lines=lines, **common)

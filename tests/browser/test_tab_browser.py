@@ -1,7 +1,6 @@
-"""The tab in headless Chromium against the standalone server (this interpreter's gradio):
-bad input shown, Create from the embedded tiny checkpoint (its params land on screen), 2 epochs, Train, a
-sample and a chart appear, Resume one more epoch from the snapshot, Load Params, Generate Ckpt, the file
-is listed. Screenshots go to tests/artifacts/<gradio version>/."""
+"""The tab in headless Chromium against the standalone server (this interpreter's gradio): the newcomer's
+flow from Create to a half-precision checkpoint, with Cancel and Resume between, the gallery and charts
+checked, and a 400 px wide page. Screenshots go to tests/artifacts/<gradio version>/."""
 import json
 import os
 import re
@@ -103,7 +102,19 @@ def open_tab(page, title: str) -> None:
     tabs.first.click()
 
 
+def box(page, selector: str) -> dict:
+    return page.locator(selector).first.evaluate("e => { const r = e.getBoundingClientRect(); "
+                                                  "return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
+
+
+def status_step(page) -> int:
+    match = re.search(r"step (\d+)/", text_of(page, "dbt_status"))
+    return int(match.group(1)) if match else 0
+
+
 def test_create_train_ckpt_in_browser(server):
+    """The newcomer's flow: Create -> Train at once -> Cancel -> Resume -> Generate Ckpt with the on-screen
+    Half ticked -> every preview in the gallery -> readable charts; then a 400 px wide page."""
     import gradio
     from playwright.sync_api import sync_playwright
 
@@ -122,6 +133,15 @@ def test_create_train_ckpt_in_browser(server):
         page.wait_for_function("() => { const e = document.querySelector('#dbt_train'); const b = e && "
                                "(e.tagName === 'BUTTON' ? e : e.querySelector('button')); "
                                "return b && b.title.startsWith('Start training'); }", timeout=60_000)
+        # layout: the top buttons have one height, the source refresh says what it does, the output column
+        # stays in view, the on-screen rule is stated
+        heights = {round(box(page, f"#dbt_{key} button, button#dbt_{key}")["height"])
+                   for key in ("save", "load", "ckpt", "samples", "cancel", "train", "wizard")}
+        assert max(heights) - min(heights) <= 1, heights
+        assert "Refresh" in page.locator("#dbt_refresh_sources").inner_text()
+        assert page.locator("#dbt_output_col").evaluate("e => getComputedStyle(e).position") == "sticky"
+        assert "Every button uses what is on screen" in page.locator("#dbt_rule").first.inner_text()
+
         page.locator("#dbt_train").click()  # bad input: no model selected
         wait_text(page, "dbt_message", "no model selected", 30)
         # and a warning toast, as gradio shows them (the WebUI's too)
@@ -134,79 +154,113 @@ def test_create_train_ckpt_in_browser(server):
         wait_text(page, "dbt_message", "created", 180)
         # Create puts the new model's params on screen: no Load Params needed before Train
         assert "no snapshot yet" in page.locator("#dbt_resume").inner_text()
-
-        open_tab(page, "Parameters")
-        epochs = page.locator("#dbt_num_train_epochs input").first
-        epochs.fill("2")
-        epochs.press("Tab")
         open_tab(page, "Concepts")
         assert "dreambooth_demo_images" in text_of(page, "dbt_concept0_instance_data_dir")
-        page.screenshot(path=str(shots / "02_concepts.png"), full_page=True)
 
-        # javascript/dreambooth.js is active standalone too: hints on the buttons
-        hint = page.locator("#dbt_train").evaluate("e => (e.tagName === 'BUTTON' ? e : e.querySelector('button')).title")
-        assert hint.startswith("Start training")
+        # an edit is marked as unsaved until Train saves it; a fraction of an epoch is refused, not rounded
+        open_tab(page, "Parameters")
+        epochs = page.locator("#dbt_num_train_epochs input").first
+        epochs.fill("2.7")
+        epochs.press("Tab")
+        page.locator("#dbt_num_train_epochs.dbt-edited").wait_for(timeout=10_000)
+        assert "Unsaved edits" in page.locator("#dbt_unsaved").inner_text()
+        page.locator("#dbt_save").click()
+        wait_text(page, "dbt_message", "is not a whole number: type 2 or 3", 30)
+        page.locator("#dbt_num_train_epochs.dbt-error").wait_for(timeout=10_000)  # the field is highlighted
+        epochs.fill("4")
+        epochs.press("Tab")
+        page.screenshot(path=str(shots / "02_unsaved_edit.png"), full_page=True)
+
+        # Train at once; Cancel (asked first while it runs) after the first preview
         page.locator("#dbt_train").click()
         wait_text(page, "dbt_message", "training 'demo' started", 60)
-        wait_text(page, "dbt_status", "done: demo · epoch 2/2", 300)
-        wait_text(page, "dbt_model_info", "revision 12", 30)  # the model's info follows the training
-        page.locator("#dbt_sample_gallery img").first.wait_for(timeout=60_000)
-        page.locator("#dbt_charts img").first.wait_for(timeout=60_000)
-        assert "training 'demo' done" in text_of(page, "dbt_log")
-        page.screenshot(path=str(shots / "03_trained.png"), full_page=True)
-
-        # Resume from the snapshot the run saved, one more epoch (the same as train --resume)
-        wait_text(page, "dbt_model_info", "resumable from snapshot-12", 30)
+        assert page.locator(".dbt-edited").count() == 0  # Train saved what is on screen
+        deadline = time.time() + 300
+        while status_step(page) < 7 and time.time() < deadline:
+            time.sleep(0.1)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#dbt_cancel").click()
+        status = wait_text(page, "dbt_status", "canceled: demo", 300)
+        canceled_at = int(re.search(r"step (\d+)/", status).group(1))
+        assert 7 <= canceled_at < 24, status
         resume = page.locator("#dbt_resume")
+        expected = f"Resume from snapshot-{canceled_at} (step {canceled_at})"
         deadline = time.time() + 30
-        while "Resume from snapshot-12 (step 12)" not in resume.inner_text() and time.time() < deadline:
+        while expected not in resume.inner_text() and time.time() < deadline:
             time.sleep(0.2)
-        assert "Resume from snapshot-12 (step 12)" in resume.inner_text()
-        resume.locator("input[type=checkbox]").check()
-        open_tab(page, "Parameters")
-        epochs.fill("3")
-        epochs.press("Tab")
-        page.locator("#dbt_train").click()
-        wait_text(page, "dbt_status", "done: demo · epoch 3/3", 300)
-        log_text = text_of(page, "dbt_log")
-        assert "resumed from snapshot-12: step 12, epoch 2" in log_text, log_text[:2000]
-        wait_text(page, "dbt_model_info", "revision 18", 30)
-        # a reloaded page lists the model created after the server started
-        page.reload()
-        page.locator("#dbt_train").wait_for(timeout=60_000)
-        # the status poll answers after the page's load event (one queue): its answer means the lists are in
-        wait_text(page, "dbt_status", "done: demo", 60)
-        find_option(page, "dbt_model", "demo").click()
-        wait_text(page, "dbt_model_info", "revision 18", 30)
-        page.locator("#dbt_load").click()
-        wait_text(page, "dbt_message", "params of 'demo' loaded", 60)
+        assert expected in resume.inner_text()
+        page.screenshot(path=str(shots / "03_canceled.png"), full_page=True)
 
+        # Resume continues from the snapshot (the same as train --resume)
+        resume.locator("input[type=checkbox]").check()
+        page.locator("#dbt_train").click()
+        wait_text(page, "dbt_status", "done: demo · epoch 4/4", 300)
+        log_text = text_of(page, "dbt_log")
+        assert f"resumed from snapshot-{canceled_at}: step {canceled_at}" in log_text, log_text[:2000]
+        lines = [line.split(" ", 1)[1] for line in log_text.splitlines() if " " in line]
+        assert all(a != b for a, b in zip(lines, lines[1:])), "a log line appears twice in a row"
+        wait_text(page, "dbt_model_info", "revision 24", 30)
+
+        # the gallery holds every preview of the model, newest first, captioned with step and prompt
+        previews = sorted((models / "dreambooth" / "demo" / "samples").glob("sample_*.png"))
+        assert len(previews) == 4  # one per epoch
+        gallery = page.locator("#dbt_sample_gallery")
+        deadline = time.time() + 30
+        while gallery.locator("img").count() < len(previews) and time.time() < deadline:
+            time.sleep(0.3)
+        assert gallery.locator("img").count() >= len(previews)
+        assert "step 24: a photo of sks toy" in gallery.inner_text()
+        # the charts are drawn for the column and shown whole at its width
+        for elem_id in ("dbt_chart_loss", "dbt_chart_lr", "dbt_chart_memory"):
+            image = page.locator(f"#{elem_id} img").first
+            image.wait_for(timeout=30_000)
+            size = image.evaluate("e => [e.naturalWidth, e.getBoundingClientRect().width]")
+            assert size[0] == 640 and size[1] >= 450, (elem_id, size)
+        # the whole output column in the screenshot (on screen it scrolls on its own)
+        page.evaluate("() => { document.querySelector('#dbt_output_col').style.maxHeight = 'none'; }")
+        page.screenshot(path=str(shots / "04_trained_gallery_charts.png"), full_page=True)
+        page.evaluate("() => { document.querySelector('#dbt_output_col').style.maxHeight = ''; }")
+
+        # Generate Ckpt with Half model ticked on screen (not saved): the fp16 file
+        open_tab(page, "Parameters")
+        page.locator("#dbt_group_saving .label-wrap").first.click()
+        page.locator("#dbt_half_model input[type=checkbox]").check()
         page.locator("#dbt_ckpt").click()
         message = wait_text(page, "dbt_message", "checkpoint written", 120)
         path = Path(message.split("checkpoint written: ")[1].split(" (")[0])
-        assert path.is_file() and path.parent == models / "Stable-diffusion"
-        # a reloaded page lists the checkpoint written since the server started, without pressing 🔄
+        assert path.is_file() and path.parent == models / "Stable-diffusion" and path.name == "demo_24_half.safetensors"
+
+        # a reloaded page lists the model and the checkpoint written since the server started
         page.reload()
         page.locator("#dbt_train").wait_for(timeout=60_000)
+        # the status poll answers after the page's load event (one queue): its answer means the lists are in
         wait_text(page, "dbt_status", "demo", 60)
+        # selecting a model with nothing edited on screen loads its params
+        find_option(page, "dbt_model", "demo").click()
+        wait_text(page, "dbt_message", "params of 'demo' loaded", 60)
+        wait_text(page, "dbt_model_info", "revision 24", 30)
+        open_tab(page, "Parameters")
+        assert text_of(page, "dbt_num_train_epochs") == "4"
         open_tab(page, "Create")
         # the open list: ul.options (gradio 3) / ul.option-list (gradio 6), inside or beside the block
         find_option(page, "dbt_source", path.name)
-        page.screenshot(path=str(shots / "04_ckpt_listed.png"), full_page=True)
-        page.keyboard.press("Escape")
-        page.locator("#dbt_refresh_sources").click()  # the 🔄 keeps it listed
-        page.locator("#dbt_source input").first.click()
-        page.locator("ul.options li, ul.option-list li", has_text=path.name).first.wait_for(timeout=30_000)
         page.keyboard.press("Escape")
 
-        # Cancel asks first (javascript/dreambooth.js): declining sends nothing, accepting does
-        page.once("dialog", lambda dialog: dialog.dismiss())
-        page.locator("#dbt_cancel").click()
-        page.wait_for_timeout(1500)
-        assert "nothing to cancel" not in text_of(page, "dbt_message")
-        page.once("dialog", lambda dialog: dialog.accept())
+        # nothing runs: Cancel asks nothing and says so
+        asked = []
+        page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
         page.locator("#dbt_cancel").click()
         wait_text(page, "dbt_message", "nothing to cancel", 30)
+        assert asked == []
+
+        # a phone-sized page: status and messages right under the buttons, the settings after them
+        narrow = browser.new_page(viewport={"width": 400, "height": 900})
+        narrow.goto(url)
+        narrow.locator("#dbt_train").wait_for(timeout=60_000)
+        wait_text(narrow, "dbt_status", "demo", 60)
+        assert box(narrow, "#dbt_status")["y"] < box(narrow, "#dbt_settings_col")["y"]
+        assert box(narrow, "#dbt_output_col")["width"] <= 400
+        narrow.screenshot(path=str(shots / "05_narrow_400px.png"), full_page=True)
         browser.close()
     sources = json.load(urllib.request.urlopen(url + "/dreambooth-tab/v1/sources"))["sources"]
     assert str(path) in sources
