@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(org/name; offline: read from the local HF cache)")
     create.add_argument("--hub-token", default=None,
                         help="token for a private or gated Hub model (default: $HF_TOKEN or the saved login)")
-    create.add_argument("--model-type", choices=("v1x", "v2x-512", "v2x"), default=None,
+    create.add_argument("--model-type", choices=("v1x", "v2x-512", "v2x", "SDXL"), default=None,
                         help="override the detected model type (v2x = SD2.x 768 v-prediction)")
 
     params = command("params", help="show or change a model's parameters (db_config.json)")
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = command("tiny-checkpoint", help="write the embedded tiny SD1.x checkpoint (random weights)")
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--preset", choices=("tiny", "small", "tiny-v2", "tiny-v2v"), default="tiny")
+    tiny.add_argument("--preset", choices=("tiny", "small", "tiny-v2", "tiny-v2v", "tiny-sdxl"), default="tiny")
     tiny.add_argument("--seed", type=int, default=0)
 
     command("demo", help="tiny checkpoint → create → train 2 epochs → ckpt, on any CPU")

@@ -70,7 +70,9 @@ def _f(name, kind, default, group, label, help, **extra) -> Field:
 # Model bookkeeping: written by Create and the trainer, carried in db_config.json.
 _MODEL = [
     _f("model_name", str, "", "Model", "Model name", "Folder name under models/dreambooth.", hidden=True),
-    _f("model_type", str, "v1x", "Model", "Model type", "Detected at Create: v1x (SD 1.x), v2x-512 (SD 2.x epsilon), v2x (SD 2.x 768 v-prediction).",
+    _f("model_type", str, "v1x", "Model", "Model type",
+       "Detected at Create: v1x (SD 1.x), v2x-512 (SD 2.x epsilon), v2x (SD 2.x 768 v-prediction), "
+       "SDXL (SDXL base, 1024 px).",
        choices=ALL_MODEL_TYPES, hidden=True),
     _f("src", str, "", "Model", "Source checkpoint", "The checkpoint this model was created from.", hidden=True),
     _f("revision", int, 0, "Model", "Revision", "Lifetime optimizer steps; used in checkpoint names.",
@@ -157,6 +159,12 @@ _TRAINING = [
        "Train the text encoder for this fraction of the epochs, then freeze it (0 = never, 1 = always). "
        "Improves likeness; costs VRAM and disables the text-embedding cache while it trains.",
        minimum=0, maximum=1),
+    _f("sdxl_train_text_encoder", bool, True, "Training", "SDXL: train CLIP-L (text encoder 1)",
+       "While the text encoder trains (stop_text_encoder > 0), train SDXL's first encoder, CLIP ViT-L (123M).",
+       model_types=("SDXL",)),
+    _f("sdxl_train_text_encoder_2", bool, False, "Training", "SDXL: train OpenCLIP-bigG (text encoder 2)",
+       "While the text encoder trains, also train SDXL's second encoder, OpenCLIP ViT-bigG (695M): about "
+       "11 GB more VRAM with AdamW; off keeps it frozen (its outputs still change while CLIP-L trains).", model_types=("SDXL",)),
     _f("clip_skip", int, 1, "Training", "Clip skip",
        "Use the output of the N-th last text-encoder layer (2 for anime-style models).", minimum=1, maximum=12),
     _f("prior_loss_weight", float, 0.75, "Training", "Prior loss weight",

@@ -38,8 +38,6 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
     changes: dict = {}
     reasons: list[str] = []
     sdxl = model_type == "SDXL"
-    # SDXL needs roughly twice the memory of SD 1.x/2.x for the same settings.
-    eff = vram / 2 if sdxl else vram
     gpu = vram > 0
 
     if made_for:
@@ -59,38 +57,40 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         reasons.append("no GPU: optimizer = Torch AdamW (fused on a CPU; 8bit AdamW saves RAM there but is slower)")
         changes.update(stop_text_encoder=0.0, use_ema=False)
         reasons.append("no GPU: stop_text_encoder = 0 and use_ema = False (each costs time on a CPU)")
+    elif sdxl:
+        _sdxl_gpu(vram, images, bnb_available, bf16_available, changes, reasons)
     else:
-        if eff < 12 and bf16_available is not False:  # precision, optimizer and accumulation chosen with it
-            _fused_backward(changes, reasons, vram, eff, bnb_available, bf16_available)
+        if vram < 12 and bf16_available is not False:  # precision, optimizer and accumulation chosen with it
+            _fused_backward(changes, reasons, vram, bnb_available, bf16_available)
         else:
             changes["mixed_precision"] = "fp16"
             reasons.append("mixed_precision = fp16: halves activation memory on a GPU")
-            if bnb_available and eff < 24:
+            if bnb_available and vram < 24:
                 changes["optimizer"] = "8bit AdamW"
                 reasons.append(f"optimizer = 8bit AdamW: {vram:g} GB is tight and bitsandbytes is usable "
                                "(optimizer state in 8 bits)")
             else:
                 changes["optimizer"] = "Torch AdamW"
-                why = "enough VRAM for full-precision optimizer state" if eff >= 24 else "bitsandbytes is not usable"
+                why = "enough VRAM for full-precision optimizer state" if vram >= 24 else "bitsandbytes is not usable"
                 reasons.append(f"optimizer = Torch AdamW: {why}")
-        checkpointing = eff < 16
+        checkpointing = vram < 16
         changes["gradient_checkpointing"] = checkpointing
         reasons.append(f"gradient_checkpointing = {checkpointing}: "
                        + ("saves much VRAM below 16 GB (SD1.x scale), ~20% slower" if checkpointing
                           else "enough VRAM; off is ~20% faster"))
-        batch = 4 if eff >= 24 else 2 if eff >= 16 else 1
+        batch = 4 if vram >= 24 else 2 if vram >= 16 else 1
         changes["train_batch_size"] = min(batch, images)
         reasons.append(f"train_batch_size = {changes['train_batch_size']}: what {vram:g} GB holds "
                        f"for {model_type}" + (f" (capped at the {images} images)" if batch > images else ""))
-        changes["sample_batch_size"] = 4 if eff >= 24 else 2 if eff >= 12 else 1
+        changes["sample_batch_size"] = 4 if vram >= 24 else 2 if vram >= 12 else 1
         reasons.append(f"sample_batch_size = {changes['sample_batch_size']}: previews/class images per batch")
-        changes["stop_text_encoder"] = 0.75 if eff >= 16 else 0.0
+        changes["stop_text_encoder"] = 0.75 if vram >= 16 else 0.0
         reasons.append(f"stop_text_encoder = {changes['stop_text_encoder']}: "
-                       + ("train the text encoder for the first 75% of the epochs (better likeness)" if eff >= 16
+                       + ("train the text encoder for the first 75% of the epochs (better likeness)" if vram >= 16
                           else "keep the text encoder frozen below 16 GB (and its outputs cached)"))
-        changes["use_ema"] = eff >= 24
+        changes["use_ema"] = vram >= 24
         reasons.append(f"use_ema = {changes['use_ema']}: "
-                       + ("an EMA copy of the UNet fits in 24 GB and smooths the result" if eff >= 24
+                       + ("an EMA copy of the UNet fits in 24 GB and smooths the result" if vram >= 24
                           else "no room for an EMA copy of the UNet below 24 GB"))
 
     if not changes.get("fused_backward_pass"):
@@ -101,12 +101,9 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         changes["gradient_accumulation_steps"] = accumulation
         reasons.append(f"gradient_accumulation_steps = {accumulation}: effective batch {batch * accumulation} "
                        f"for {images} images (about one fifth, 1 to 8)")
-    if gpu and eff < 12 and bf16_available is False:
+    if gpu and not sdxl and vram < 12 and bf16_available is False:
         reasons.append(f"warning: a full fine-tune needs about 12 GB without the fused backward pass, which needs "
                        f"bf16 (this GPU has none); expect out-of-memory errors at {vram:g} GB")
-    if sdxl and gpu and vram < 12:
-        reasons.append(f"warning: {vram:g} GB is below what a full SDXL fine-tune needs (about 12 GB with "
-                       "8bit AdamW and checkpointing); expect out-of-memory errors")
     if gpu:
         changes["attention"] = "xformers" if xformers_available else "sdpa"
         reasons.append("attention = " + ("xformers: it is importable here" if xformers_available
@@ -114,7 +111,7 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
     return changes, reasons
 
 
-def _fused_backward(changes: dict, reasons: list[str], vram: float, eff: float, bnb_available: bool,
+def _fused_backward(changes: dict, reasons: list[str], vram: float, bnb_available: bool,
                     bf16_available: bool | None) -> None:
     """Below 12 GB (SD1.x scale) the fp32 gradients of a full fine-tune (3.4 GB at SD1.5) do not fit beside the
     weights and optimizer state: step each weight inside the backward pass and free its gradient at once."""
@@ -125,11 +122,88 @@ def _fused_backward(changes: dict, reasons: list[str], vram: float, eff: float, 
     reasons.append("mixed_precision = bf16: the fused backward pass cannot use fp16's loss scaler"
                    + (" (bf16 needs an RTX 30xx or newer; on older GPUs turn fused_backward_pass off)"
                       if bf16_available is None else ""))
-    if eff < 8 or not bnb_available:
+    if vram < 8 or not bnb_available:
         changes["optimizer"] = "Adafactor"
         reasons.append("optimizer = Adafactor: almost no optimizer state (factored second moments, no momentum), "
-                       + (f"so the weights fit in {vram:g} GB" if eff < 8 else "and bitsandbytes is not usable"))
+                       + (f"so the weights fit in {vram:g} GB" if vram < 8 else "and bitsandbytes is not usable"))
     else:
         changes["optimizer"] = "8bit AdamW"
         reasons.append(f"optimizer = 8bit AdamW: {vram:g} GB is tight and bitsandbytes is usable "
                        "(optimizer state in 8 bits)")
+
+
+# SDXL's UNet has 2.57 billion parameters, trained with fp32 weights (4 bytes each), fp32 gradients (4 more;
+# none kept with the fused backward pass, which frees each as soon as its tensor is stepped) and the
+# optimizer's state (AdamW 8 bytes, 8-bit AdamW 2, Adafactor's factored moments almost none). On top come
+# activations at 1024 px with gradient checkpointing, the VAE and the CUDA context: about 6 GB, from
+# kohya's sd-scripts measurement of a fused-backward Adafactor fine-tune with fp32 weights (16.4 GB in all).
+SDXL_UNET_PARAMETERS = 2.567e9
+SDXL_OVERHEAD_GB = 6.0
+_STATE_BYTES = {"Torch AdamW": 8, "8bit AdamW": 2, "Adafactor": 0}
+# best first: the stronger optimizer, and for the same one the ordinary pass (it allows accumulation)
+_SDXL_CHOICES = [(optimizer, fused) for optimizer in _STATE_BYTES for fused in (False, True)]
+
+
+def sdxl_static_gb(optimizer: str, fused: bool = False) -> float:
+    """GB held by the SDXL UNet's fp32 weights, gradients (none when fused) and `optimizer` state."""
+    return SDXL_UNET_PARAMETERS * (4 + (0 if fused else 4) + _STATE_BYTES[optimizer]) / 1e9
+
+
+def _sdxl_choice(vram: float, bnb: bool, bf16: bool | None) -> tuple[str, bool, bool]:
+    """(optimizer, fused backward pass, fits): the best that fits in `vram`, else the smallest there is."""
+    usable = [(o, f) for o, f in _SDXL_CHOICES if (bnb or o != "8bit AdamW") and (bf16 is not False or not f)]
+    for optimizer, fused in usable:
+        if sdxl_static_gb(optimizer, fused) + SDXL_OVERHEAD_GB <= vram:
+            return optimizer, fused, True
+    optimizer, fused = min(usable, key=lambda choice: sdxl_static_gb(*choice))
+    return optimizer, fused, False
+
+
+def _sdxl_gpu(vram: float, images: int, bnb: bool, bf16: bool | None, changes: dict, reasons: list[str]) -> None:
+    """SDXL on a GPU: the optimizer (and fused backward pass) that fits first, then what the room left allows."""
+    optimizer, fused, fits = _sdxl_choice(vram, bnb, bf16)
+    static = sdxl_static_gb(optimizer, fused)
+    changes.update(optimizer=optimizer, fused_backward_pass=fused, mixed_precision="bf16" if fused else "fp16")
+    reasons.append(f"optimizer = {optimizer}, fused_backward_pass = {fused}: the SDXL UNet's fp32 weights"
+                   + ("" if fused else ", gradients") + f" and optimizer state take about {static:.0f} GB, plus "
+                   f"about {SDXL_OVERHEAD_GB:.0f} GB for activations at 1024 px"
+                   + (" (each gradient freed as soon as its weight is stepped)" if fused else ""))
+    if fused:
+        changes["gradient_accumulation_steps"] = 1
+        reasons.append("gradient_accumulation_steps = 1: the fused backward pass applies every batch at once")
+        reasons.append("mixed_precision = bf16: the fused backward pass cannot use fp16's loss scaler"
+                       + (" (bf16 needs an RTX 30xx or newer; on older GPUs turn fused_backward_pass off)"
+                          if bf16 is None else ""))
+    else:
+        reasons.append("mixed_precision = fp16: halves activation memory (SDXL's VAE stays fp32: it overflows in fp16)")
+    room = vram - static - SDXL_OVERHEAD_GB
+    left = f"about {room:.0f} GB to spare" if room >= 1 else "no room to spare"
+    checkpointing = room < 24
+    changes["gradient_checkpointing"] = checkpointing
+    reasons.append(f"gradient_checkpointing = {checkpointing}: {left}; "
+                   + ("without it 1024 px SDXL activations need some 24 GB more" if checkpointing
+                      else "off is ~20% faster"))
+    batch = 4 if room >= 40 else 2 if room >= 16 else 1
+    changes["train_batch_size"] = min(batch, images)
+    reasons.append(f"train_batch_size = {changes['train_batch_size']}: {left} at 1024 px"
+                   + (f" (capped at the {images} images)" if batch > images else ""))
+    changes["sample_batch_size"] = 2 if room >= 16 else 1
+    reasons.append(f"sample_batch_size = {changes['sample_batch_size']}: SDXL previews/class images per batch")
+    train_clip_l = room >= 4  # CLIP-L: 123M parameters, about 2 GB with AdamW
+    changes.update(stop_text_encoder=0.75 if train_clip_l else 0.0, sdxl_train_text_encoder=train_clip_l,
+                   sdxl_train_text_encoder_2=False)
+    reasons.append(f"stop_text_encoder = {changes['stop_text_encoder']}, sdxl_train_text_encoder = {train_clip_l}: "
+                   + ("train CLIP-L (about 2 GB more) for the first 75% of the epochs" if train_clip_l
+                      else "text encoders frozen and their outputs cached: no room to train them"))
+    reasons.append("sdxl_train_text_encoder_2 = False: OpenCLIP-bigG has 695M parameters (about 11 GB more "
+                   "with AdamW); turn it on only with that much room to spare")
+    changes["use_ema"] = room >= 16
+    reasons.append(f"use_ema = {changes['use_ema']}: " + (
+        "an EMA copy of the UNet (10 GB) fits" if changes["use_ema"]
+        else "an EMA copy of the SDXL UNet takes 10 GB more (or use ema_on_cpu)"))
+    if not fits:
+        need = static + SDXL_OVERHEAD_GB
+        reasons.append(f"warning: {vram:g} GB is below what a full SDXL fine-tune needs (about {need:.1f} GB even "
+                       f"with {optimizer}" + (" and the fused backward pass" if fused else "") + "), so expect "
+                       "out-of-memory errors; an SDXL LoRA (far fewer trained weights) is the way to train SDXL in "
+                       + ("12-16 GB" if vram >= 12 else "8 GB, and even that is tight"))

@@ -24,9 +24,23 @@ TABLE = [
     (24, 100, "v1x", True, False, dict(train_batch_size=4, gradient_accumulation_steps=2, optimizer="Torch AdamW",
                                        sample_batch_size=4, gradient_checkpointing=False, use_ema=True)),
     (24, 2, "v1x", False, False, dict(train_batch_size=2, gradient_accumulation_steps=1)),
-    (24, 30, "SDXL", True, False, dict(resolution=1024, train_batch_size=1, optimizer="8bit AdamW",
-                                       gradient_checkpointing=True)),
-    (48, 30, "SDXL", True, False, dict(train_batch_size=4, optimizer="Torch AdamW", gradient_checkpointing=False)),
+    # SDXL: the strongest optimizer whose weights (+ gradients unless fused) + state + ~6 GB of activations fit
+    (8, 30, "SDXL", True, False, dict(resolution=1024, optimizer="Adafactor", fused_backward_pass=True,
+                                      mixed_precision="bf16", gradient_accumulation_steps=1,
+                                      gradient_checkpointing=True, train_batch_size=1, stop_text_encoder=0.0,
+                                      use_ema=False)),
+    (16, 30, "SDXL", False, False, dict(optimizer="Adafactor", fused_backward_pass=True, train_batch_size=1)),
+    (24, 30, "SDXL", True, False, dict(resolution=1024, optimizer="8bit AdamW", fused_backward_pass=True,
+                                       mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1,
+                                       stop_text_encoder=0.0, sdxl_train_text_encoder=False, use_ema=False)),
+    (24, 30, "SDXL", False, False, dict(optimizer="Adafactor", fused_backward_pass=True, stop_text_encoder=0.75,
+                                        sdxl_train_text_encoder=True, sdxl_train_text_encoder_2=False)),
+    (48, 30, "SDXL", True, False, dict(optimizer="Torch AdamW", fused_backward_pass=False, mixed_precision="fp16",
+                                       gradient_checkpointing=True, train_batch_size=1,
+                                       gradient_accumulation_steps=6)),
+    (80, 30, "SDXL", True, False, dict(optimizer="Torch AdamW", fused_backward_pass=False,
+                                       gradient_checkpointing=False, train_batch_size=2, stop_text_encoder=0.75,
+                                       use_ema=True, sample_batch_size=2)),
 ]
 
 
@@ -51,10 +65,30 @@ def test_without_bf16_no_fused_pass_and_a_warning():
     _, reasons = recommend(8, 20, "v1x", True, False)  # not known: assumed, with the caveat named
     assert any("RTX 30xx" in line for line in reasons)
 
+@pytest.mark.parametrize("vram,bnb,bf16,need,advice", [(8, True, None, "16.3 GB", "8 GB, and even that is tight"),
+                                                       (12, True, None, "16.3 GB", "12-16 GB"),
+                                                       (16, True, None, "16.3 GB", "12-16 GB"),
+                                                       (24, True, False, "26.5 GB", "12-16 GB")])
+def test_sdxl_full_fine_tune_that_cannot_fit_warns(vram, bnb, bf16, need, advice):
+    _, reasons = recommend(vram, 10, "SDXL", bnb, False, bf16_available=bf16)
+    warnings = [line for line in reasons if line.startswith("warning")]
+    assert len(warnings) == 1 and need in warnings[0] and "LoRA" in warnings[0] and advice in warnings[0]
 
-def test_sdxl_low_vram_warns():
-    _, reasons = recommend(8, 10, "SDXL", True, False)
-    assert any(line.startswith("warning") for line in reasons)
+
+@pytest.mark.parametrize("vram,bnb", [(24, True), (24, False), (48, True), (80, True)])
+def test_sdxl_that_fits_has_no_warning(vram, bnb):
+    _, reasons = recommend(vram, 10, "SDXL", bnb, False)
+    assert not any(line.startswith("warning") for line in reasons)
+
+
+def test_sdxl_reasons_give_the_memory_figures():
+    from dreambooth.wizard import sdxl_static_gb
+
+    assert round(sdxl_static_gb("Torch AdamW")) == 41 and round(sdxl_static_gb("8bit AdamW")) == 26
+    assert round(sdxl_static_gb("Adafactor")) == 21 and round(sdxl_static_gb("Adafactor", fused=True)) == 10
+    _, reasons = recommend(24, 10, "SDXL", True, False)
+    assert any(line.startswith("optimizer = 8bit AdamW, fused_backward_pass = True") and "15 GB" in line
+               for line in reasons)
 
 
 @pytest.mark.parametrize("args,field", [((-1, 5), "vram_gb"), ((8, 0), "instance_data_dir"),

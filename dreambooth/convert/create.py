@@ -1,4 +1,4 @@
-"""Create a model's working diffusers folder from a single-file SD1.x/SD2.x checkpoint or a diffusers folder.
+"""Create a model's working diffusers folder from a single-file SD1.x/SD2.x/SDXL checkpoint or a diffusers folder.
 
 All or nothing: the folder is assembled under a temporary name and renamed into place at the very end,
 so any error leaves no `working_dir` behind.
@@ -50,6 +50,9 @@ def components_from_single_file(path: Path, progress: Callable[[str], None] = pr
     progress(f"reading {path.name}")
     state_dict, metadata = load_state_dict(path)
     family = detect_model_type(state_dict.keys(), path.name)
+    if family == "SDXL":
+        unet, vae, text_encoders, extras = _sdxl_components(state_dict, metadata, path.name, progress)
+        return unet, vae, text_encoders, family, metadata, extras
     ema = [k for k in state_dict if k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates")]
     if ema:  # said, not silently dropped: users ask which weights they are training
         progress(f"{path.name} also holds EMA weights ({len(ema)} model_ema.* tensors): the regular UNet weights "
@@ -69,16 +72,42 @@ def components_from_single_file(path: Path, progress: Callable[[str], None] = pr
     return unet, vae, text_encoder.float(), family, metadata, extras
 
 
+def _sdxl_components(state_dict: dict, metadata: dict, name: str, progress: Callable[[str], None]):
+    """(unet, vae, DualTextEncoder, extras) from an SDXL base checkpoint's state dict."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .diffusers_io import build_text_encoder, load_text_encoder_weights
+    from .sdxl_io import DualTextEncoder, build_text_encoder_2
+    from .sdxl_map import check_sdxl_shapes, infer_sdxl_configs, sdxl_to_diffusers
+
+    check_sdxl_shapes(state_dict, f"'{name}'")
+    configs = infer_sdxl_configs(state_dict, metadata)
+    states, extras = sdxl_to_diffusers(state_dict, configs)
+    del state_dict
+    progress("converting the SDXL UNet, VAE and both text encoders")
+    floats = lambda sd: {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # noqa: E731
+    unet = _with_weights(UNet2DConditionModel, configs["unet"], floats(states["unet"]), "UNet")
+    vae = _with_weights(AutoencoderKL, configs["vae"], floats(states["vae"]), "VAE")
+    text_encoder = build_text_encoder(configs["text_encoder"])
+    load_text_encoder_weights(text_encoder, floats(states["text_encoder"]))
+    text_encoder_2 = build_text_encoder_2(configs["text_encoder_2"])
+    load_text_encoder_weights(text_encoder_2, floats(states["text_encoder_2"]))
+    return unet, vae, DualTextEncoder(text_encoder.float(), text_encoder_2.float()), floats(extras)
+
+
 def _folder_family(folder: Path) -> tuple[str, str]:
-    """("v1x" | "v2x-512", the scheduler's prediction type) of a diffusers folder."""
+    """("v1x" | "v2x-512" | "SDXL", the scheduler's prediction type) of a diffusers folder."""
     from .openclip_map import is_openclip_config
 
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    if "text_encoder_2" in index:
-        raise DreamboothError(f"'{folder.name}' is an SDXL model: SDXL models are not supported yet", field="source")
     unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
     text = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    if "text_encoder_2" in index:
+        if unet.get("in_channels", 4) != 4 or "text_encoder" not in index or index["text_encoder"][0] is None:
+            raise DreamboothError(f"'{folder.name}' is an SDXL refiner or inpainting model: only the SDXL base "
+                                  "model can be trained here", field="source")
+        return "SDXL", scheduler.get("prediction_type", "epsilon")
     sd2 = unet.get("use_linear_projection") or is_openclip_config(text)
     return ("v2x-512" if sd2 else "v1x"), scheduler.get("prediction_type", "epsilon")
 
@@ -91,17 +120,19 @@ def _check_override(model_type: str | None, family: str) -> None:
     if model_type not in MODEL_TYPES:
         raise DreamboothError(f"model type '{model_type}' is unknown: use one of {', '.join(MODEL_TYPES)}",
                               field="model_type")
-    if (model_type == "v1x") != (family == "v1x"):
-        kind = "an SD1.x" if family == "v1x" else "an SD2.x"
+    if (model_type == "v1x") != (family == "v1x") or (model_type == "SDXL") != (family == "SDXL"):
+        kind = {"v1x": "an SD1.x", "SDXL": "an SDXL"}.get(family, "an SD2.x")
         raise DreamboothError(f"model type '{model_type}' does not fit the source, which is {kind} model: "
                               f"leave the model type empty to detect it", field="model_type")
 
 
 def create_working(source, working_dir, progress: Callable[[str], None] = print,
                    model_type: str | None = None) -> dict:
-    """Extract `source` (SD1.x/SD2.x .safetensors/.ckpt, or a diffusers folder) into `working_dir` (fp32 diffusers).
+    """Extract `source` (SD1.x/SD2.x/SDXL .safetensors/.ckpt, or a diffusers folder) into `working_dir` (fp32
+    diffusers).
 
-    `model_type` ("v1x", "v2x-512", "v2x") overrides the detection (SD2's v-prediction: see v_prediction).
+    `model_type` ("v1x", "v2x-512", "v2x", "SDXL") overrides the detection (SD2's v-prediction: see
+    v_prediction).
     Returns {"model_type", "prediction_type", "resolution" (native size hint), "source",
     "parameters": {"unet", "vae", "text_encoder"}}.
     """
@@ -132,15 +163,23 @@ def create_working(source, working_dir, progress: Callable[[str], None] = print,
         _check_override(model_type, family)
         tokenizer_source, scheduler_config = None, dict(SCHEDULER_CONFIG)
         prediction = prediction_type_from_metadata(metadata)
-        if prediction is None and family != "v1x" and model_type is None:
+        if prediction is None and family not in ("v1x", "SDXL") and model_type is None:
             progress("testing the UNet for v-prediction")
             prediction = "v_prediction" if looks_like_v_prediction(unet) else "epsilon"
     if model_type is None:
         model_type = model_type_for(family, prediction or "epsilon")
-    scheduler_config = dict(scheduler_config, prediction_type=prediction_type_of(model_type))
+    # SDXL is epsilon unless the file says otherwise (a few fine-tunes are v-prediction)
+    scheduler_config = dict(scheduler_config, prediction_type=(prediction or "epsilon") if family == "SDXL"
+                            else prediction_type_of(model_type))
     progress(f"model type {model_type} ({scheduler_config['prediction_type']}); writing {working_dir}")
-    save_pipeline_folder(working_dir, unet, vae, text_encoder, tokenizer_source, scheduler_config,
-                         extras=extras or None, pad_token="!" if family != "v1x" and tokenizer_source is None else None)
+    if family == "SDXL":
+        from .sdxl_io import save_sdxl_folder
+
+        save_sdxl_folder(working_dir, unet, vae, text_encoder, scheduler_config, extras=extras or None)
+    else:
+        save_pipeline_folder(working_dir, unet, vae, text_encoder, tokenizer_source, scheduler_config,
+                             extras=extras or None,
+                             pad_token="!" if family != "v1x" and tokenizer_source is None else None)
     return {"model_type": model_type, "prediction_type": scheduler_config["prediction_type"],
             "resolution": NATIVE_RESOLUTION[model_type], "source": str(source),
             "parameters": {"unet": _count(unet), "vae": _count(vae), "text_encoder": _count(text_encoder)}}

@@ -51,6 +51,8 @@ def model_config(module) -> dict:
 def text_encoder_state_dict(text_encoder) -> dict:
     from .ldm_map import te_with_prefix
 
+    if hasattr(text_encoder, "text_projection"):  # SDXL's CLIPTextModelWithProjection: the same keys everywhere
+        return text_encoder.state_dict()
     return te_with_prefix(text_encoder.state_dict())
 
 
@@ -81,10 +83,22 @@ def save_text_encoder(folder: Path, text_encoder) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in text_encoder_state_dict(text_encoder).items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = CLIPTextConfig(**model_config(text_encoder)).to_dict()
-    config["architectures"] = ["CLIPTextModel"]
+    config["architectures"] = [type(text_encoder).__name__]  # CLIPTextModel, or SDXL's WithProjection
     config["torch_dtype"] = "float32"
     config.pop("dtype", None)
     atomic_write_json(folder / "config.json", config)
+
+
+def write_text_encoders(folder, text_encoder) -> None:
+    """The (trained) text encoder(s) into a working folder, each folder replaced atomically; SDXL's
+    DualTextEncoder writes text_encoder/ and text_encoder_2/."""
+    if getattr(text_encoder, "is_dual_text_encoder", False):
+        from .sdxl_io import write_text_encoders as write_both
+
+        write_both(Path(folder), text_encoder)
+        return
+    with atomic_dir(Path(folder) / "text_encoder") as tmp:
+        save_text_encoder(tmp, text_encoder)
 
 
 def model_index(scheduler_class: str = "PNDMScheduler") -> dict:
@@ -157,11 +171,16 @@ def check_folder(folder) -> Path:
 
 
 def load_components(folder):
-    """(unet, vae, text_encoder, tokenizer, scheduler_config) from a local diffusers folder, fp32, CPU."""
+    """(unet, vae, text_encoder, tokenizer, scheduler_config) from a local diffusers folder, fp32, CPU.
+    An SDXL folder gives both text encoders as one DualTextEncoder and both tokenizers as a PairTokenizer."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = check_folder(folder)
+    if (folder / "text_encoder_2").is_dir():
+        from .sdxl_io import load_sdxl_components
+
+        return load_sdxl_components(folder)
     try:
         unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True)

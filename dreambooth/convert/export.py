@@ -17,9 +17,12 @@ from .detect import CLIP_PREFIX
 from .ldm_infer import CONFIGS_METADATA_KEY
 
 COMPONENTS = ("unet", "vae", "text_encoder")
+SDXL_COMPONENTS = COMPONENTS + ("text_encoder_2",)
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 _WEIGHT_FILES = {"unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
                  "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
-                 "text_encoder": ("model.safetensors", "pytorch_model.bin")}
+                 "text_encoder": ("model.safetensors", "pytorch_model.bin"),
+                 "text_encoder_2": ("model.safetensors", "pytorch_model.bin")}
 
 
 def _from_folder(folder: Path, name: str) -> tuple[dict, dict]:
@@ -30,7 +33,7 @@ def _from_folder(folder: Path, name: str) -> tuple[dict, dict]:
     if not config_file.is_file():
         raise DreamboothError(f"'{folder}' has no {name}/config.json: not a complete model folder", field="model_name")
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    if name == "text_encoder":
+    if name in TEXT_ENCODERS:
         config = {k: config[k] for k in TEXT_ENCODER_KEYS if k in config}
     else:
         config = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -43,18 +46,28 @@ def _from_folder(folder: Path, name: str) -> tuple[dict, dict]:
 def _from_module(module, name: str) -> tuple[dict, dict]:
     from .diffusers_io import model_config, text_encoder_state_dict
 
-    state = text_encoder_state_dict(module) if name == "text_encoder" else module.state_dict()
+    state = text_encoder_state_dict(module) if name in TEXT_ENCODERS else module.state_dict()
     return state, model_config(module)
 
 
-def gather(source=None, fallback=None, **modules) -> tuple[dict, dict]:
-    """({name: state_dict}, {name: config}) for the three components from modules and/or a folder.
-    A dict `source` may leave components out (or None): they are read from the `fallback` folder."""
+def _modules_of(source, modules: dict) -> dict:
+    """The given modules by component name; SDXL's DualTextEncoder counts as both of its encoders."""
     if isinstance(source, dict):
         modules = {**source, **{k: v for k, v in modules.items() if v is not None}}
+    modules = {k: v for k, v in modules.items() if v is not None}
+    if getattr(modules.get("text_encoder"), "is_dual_text_encoder", False):
+        modules.update(modules.pop("text_encoder").parts())
+    return modules
+
+
+def gather(source=None, fallback=None, components=COMPONENTS, **modules) -> tuple[dict, dict]:
+    """({name: state_dict}, {name: config}) for the components from modules and/or a folder.
+    A dict `source` may leave components out (or None): they are read from the `fallback` folder."""
+    modules = _modules_of(source, modules)
+    if isinstance(source, dict):
         source = fallback
     states, configs = {}, {}
-    for name in COMPONENTS:
+    for name in components:
         if modules.get(name) is not None:
             states[name], configs[name] = _from_module(modules[name], name)
         elif source is not None:
@@ -81,14 +94,26 @@ def _working_facts(source, working, prediction_type):
     return prediction_type or "epsilon", extras
 
 
+def _is_sdxl(source, working, text_encoder) -> bool:
+    """SDXL when a text encoder given is the dual one, or the folder the components come from is SDXL."""
+    from .sdxl_io import is_sdxl_folder
+
+    given = [text_encoder] + ([source.get("text_encoder")] if isinstance(source, dict) else [])
+    if any(getattr(module, "is_dual_text_encoder", False) for module in given):
+        return True
+    folder = working if working is not None else (source if isinstance(source, (str, Path)) else None)
+    return folder is not None and is_sdxl_folder(folder)
+
+
 def export_single_file(source, out_path, half: bool = False, metadata: dict | None = None, *,
                        unet=None, vae=None, text_encoder=None, working=None, prediction_type: str | None = None) -> Path:
     """Write `out_path` (.safetensors, or .ckpt as {"state_dict": ...}) atomically; fp16 floats when `half`.
 
     `source`: a working diffusers folder, a dict {"unet", "vae", "text_encoder"} of modules (optionally
-    "scheduler_config"), or None; the keyword modules override the folder's components. `working`: the
-    model's working folder when `source` is modules: its scheduler's prediction type is recorded in the
-    metadata and SD2's carried OpenCLIP extras are written back (else an identity last block).
+    "scheduler_config"; SDXL: "text_encoder" is the DualTextEncoder), or None; the keyword modules override
+    the folder's components. `working`: the model's working folder when `source` is modules: its scheduler's
+    prediction type is recorded in the metadata and SD2's carried OpenCLIP extras (SDXL's logit_scale) are
+    written back (else an identity last block / CLIP's initial scale).
     """
     import torch
 
@@ -100,8 +125,15 @@ def export_single_file(source, out_path, half: bool = False, metadata: dict | No
         raise DreamboothError(f"cannot write '{out_path.name}': the file name must end in .safetensors or .ckpt",
                               field="save_safetensors")
     prediction, extras = _working_facts(source, working, prediction_type)
-    states, configs = gather(source, working, unet=unet, vae=vae, text_encoder=text_encoder)
-    ldm = diffusers_to_ldm(states["unet"], states["vae"], states["text_encoder"], configs, te_extras=extras)
+    sdxl = _is_sdxl(source, working, text_encoder)
+    states, configs = gather(source, working, SDXL_COMPONENTS if sdxl else COMPONENTS,
+                             unet=unet, vae=vae, text_encoder=text_encoder)
+    if sdxl:
+        from .sdxl_map import diffusers_to_sdxl
+
+        ldm = diffusers_to_sdxl(states, configs, extras)
+    else:
+        ldm = diffusers_to_ldm(states["unet"], states["vae"], states["text_encoder"], configs, te_extras=extras)
     configs = dict(configs, scheduler={"prediction_type": prediction})
     # SD1 checkpoints carry CLIP's position_ids buffer; transformers 5 no longer has it in its state dict.
     positions = f"{CLIP_PREFIX}text_model.embeddings.position_ids"

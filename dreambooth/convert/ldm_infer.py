@@ -85,12 +85,14 @@ def _infer_vae(sd: dict, stored: dict) -> dict:
     return cfg
 
 
-def _infer_clip(sd: dict, stored: dict) -> dict:
+def _infer_clip(sd: dict, stored: dict, prefix: str = CLIP_PREFIX) -> dict:
+    """CLIPTextModel config of the OpenAI CLIP text encoder under `prefix` (SD1's; SDXL's first one), or
+    of SD2's OpenCLIP one."""
     from .openclip_map import OPENCLIP_PREFIX, infer_openclip_config, strip
 
     if any(k.startswith(OPENCLIP_PREFIX) for k in sd):
         return infer_openclip_config(strip(sd), stored)
-    p = CLIP_PREFIX
+    p = prefix
     keys = [k[len(p):].removeprefix("text_model.") for k in sd if k.startswith(p)]
     sd = {k[len(p):].removeprefix("text_model."): v for k, v in sd.items() if k.startswith(p)}
     vocab, hidden = _shape(sd, "embeddings.token_embedding.weight")

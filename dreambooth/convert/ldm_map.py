@@ -41,6 +41,8 @@ def unet_pairs(cfg: dict) -> list[tuple[str, str]]:
                 pairs.append((f"down_blocks.{i}.attentions.{j}", f"input_blocks.{index}.1"))
         if i < levels - 1:
             pairs.append((f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op"))
+    if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled text + size/crop embedding
+        pairs += [("add_embedding.linear_1", "label_emb.0.0"), ("add_embedding.linear_2", "label_emb.0.2")]
     _resnet(pairs, "mid_block.resnets.0", "middle_block.0", _UNET_RESNET)
     pairs.append(("mid_block.attentions.0", "middle_block.1"))
     _resnet(pairs, "mid_block.resnets.1", "middle_block.2", _UNET_RESNET)
@@ -158,8 +160,20 @@ def diffusers_to_ldm(unet, vae, text_encoder, configs: dict | None = None, te_ex
     return out
 
 
-def _strip(sd: dict, prefix: str) -> dict:
+def strip_prefix(sd: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def unet_vae_to_diffusers(state_dict: dict, configs: dict) -> tuple[dict, dict]:
+    """(unet_sd, vae_sd) from an LDM-layout state dict (any SD family)."""
+    unet = _rename(strip_prefix(state_dict, UNET_PREFIX), {b: a for a, b in unet_pairs(configs["unet"])}, "UNet")
+    vae_ldm = strip_prefix(state_dict, VAE_PREFIX)
+    vae = _rename(vae_ldm, {b: a for a, b in vae_pairs(configs["vae"])}, "VAE")
+    for key in [k for k in vae_ldm if _is_vae_attn_linear(k) and vae_ldm[k].ndim == 4]:
+        new = _rename({key: None}, {b: a for a, b in vae_pairs(configs["vae"])}, "VAE")
+        name = next(iter(new))
+        vae[name] = vae[name].reshape(vae[name].shape[0], vae[name].shape[1])
+    return unet, vae
 
 
 def ldm_to_diffusers(state_dict: dict, configs: dict) -> tuple[dict, dict, dict]:
@@ -168,17 +182,12 @@ def ldm_to_diffusers(state_dict: dict, configs: dict) -> tuple[dict, dict, dict]
 
     Keys outside the three models (EMA copies, schedule buffers) are ignored.
     """
-    unet = _rename(_strip(state_dict, UNET_PREFIX), {b: a for a, b in unet_pairs(configs["unet"])}, "UNet")
-    vae_ldm = _strip(state_dict, VAE_PREFIX)
-    vae = _rename(vae_ldm, {b: a for a, b in vae_pairs(configs["vae"])}, "VAE")
-    for key in [k for k in vae_ldm if _is_vae_attn_linear(k) and vae_ldm[k].ndim == 4]:
-        new = _rename({key: None}, {b: a for a, b in vae_pairs(configs["vae"])}, "VAE")
-        name = next(iter(new))
-        vae[name] = vae[name].reshape(vae[name].shape[0], vae[name].shape[1])
+    unet, vae = unet_vae_to_diffusers(state_dict, configs)
     from .openclip_map import OPENCLIP_PREFIX, openclip_to_clip
 
     if any(k.startswith(OPENCLIP_PREFIX) for k in state_dict):
-        te = openclip_to_clip(_strip(state_dict, OPENCLIP_PREFIX), configs["text_encoder"]["num_hidden_layers"])[0]
+        layers = configs["text_encoder"]["num_hidden_layers"]
+        te = openclip_to_clip(strip_prefix(state_dict, OPENCLIP_PREFIX), layers)[0]
     else:
-        te = te_with_prefix(_strip(state_dict, CLIP_PREFIX))
+        te = te_with_prefix(strip_prefix(state_dict, CLIP_PREFIX))
     return unet, vae, te

@@ -102,14 +102,32 @@ def default_extras(config: dict, dtype=None) -> dict:
 
 
 def clip_to_openclip(te_state: dict, config: dict, extras: dict | None = None) -> dict:
-    """Prefix-stripped OpenCLIP keys from a CLIPTextModel state dict (with or without `text_model.`)."""
+    """Prefix-stripped OpenCLIP keys from a CLIPTextModel state dict (with or without `text_model.`), with
+    SD2's unused last block, projection and logit scale (`extras`, else defaults)."""
+    out = clip_layers_to_openclip(te_state)
+    layers = config["num_hidden_layers"]
+    dtype = out["token_embedding.weight"].dtype
+    fallback = default_extras(config, dtype)
+    extras = dict(extras or {})
+    last_block = {k for k in extras if k.startswith(f"transformer.resblocks.{layers}.")}
+    if len(last_block) != len([k for k in fallback if k.startswith(f"transformer.resblocks.{layers}.")]):
+        extras = {k: v for k, v in extras.items() if not k.startswith("transformer.resblocks.")}
+    for key, tensor in fallback.items():
+        chosen = extras.get(key, tensor)
+        if tuple(chosen.shape) != tuple(tensor.shape):  # extras of another geometry: not ours to write
+            chosen = tensor
+        out[key] = chosen
+    return out
+
+
+def clip_layers_to_openclip(te_state: dict) -> dict:
+    """The OpenCLIP keys of a CLIPTextModel's embeddings, blocks (q/k/v joined into in_proj) and final norm."""
     import torch
 
     from ..errors import DreamboothError
 
     inverse_top = {v: k for k, v in _TOP.items()}
     inverse_block = {v: k for k, v in _BLOCK.items()}
-    layers = config["num_hidden_layers"]
     out, qkv = {}, {}
     for key, tensor in te_state.items():
         key = key if key.startswith("text_model.") else f"text_model.{key}"
@@ -130,17 +148,6 @@ def clip_to_openclip(te_state: dict, config: dict, extras: dict | None = None) -
             raise DreamboothError(f"unexpected text encoder key '{key}' for the OpenCLIP layout")
     for (index, kind), parts in qkv.items():
         out[f"transformer.resblocks.{index}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    dtype = out["token_embedding.weight"].dtype
-    fallback = default_extras(config, dtype)
-    extras = dict(extras or {})
-    last_block = {k for k in extras if k.startswith(f"transformer.resblocks.{layers}.")}
-    if len(last_block) != len([k for k in fallback if k.startswith(f"transformer.resblocks.{layers}.")]):
-        extras = {k: v for k, v in extras.items() if not k.startswith("transformer.resblocks.")}
-    for key, tensor in fallback.items():
-        chosen = extras.get(key, tensor)
-        if tuple(chosen.shape) != tuple(tensor.shape):  # extras of another geometry: not ours to write
-            chosen = tensor
-        out[key] = chosen
     return out
 
 

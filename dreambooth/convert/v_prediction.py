@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 
-MODEL_TYPES = ("v1x", "v2x-512", "v2x")
+MODEL_TYPES = ("v1x", "v2x-512", "v2x", "SDXL")
 NATIVE_RESOLUTION = {"v1x": 512, "v2x-512": 512, "v2x": 768, "SDXL": 1024}
 V_THRESHOLD = -1.0
 
 
 def model_type_for(family: str, prediction_type: str) -> str:
-    if family == "v1x":
-        return "v1x"
+    if family in ("v1x", "SDXL"):
+        return family
     return "v2x" if prediction_type == "v_prediction" else "v2x-512"
 
 

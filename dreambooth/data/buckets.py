@@ -45,6 +45,15 @@ def nearest_bucket(width: int, height: int, sizes: list[tuple[int, int]]) -> tup
     return min(sizes, key=lambda s: (round(abs(math.log(s[0] / s[1]) - aspect), 9), -s[0] * s[1], -s[0]))
 
 
+def cover_and_crop(width: int, height: int, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((resized width, height), (crop left, top)): a width x height image scaled to cover `size` (width,
+    height), and where the centred `size` window starts in it."""
+    target_w, target_h = size
+    scale = max(target_w / width, target_h / height)
+    resized = (max(target_w, round(width * scale)), max(target_h, round(height * scale)))
+    return resized, ((resized[0] - target_w) // 2, (resized[1] - target_h) // 2)
+
+
 def fit_to_bucket(image, size: tuple[int, int]):
     """The image resized to cover `size` (width, height) and centre-cropped: uint8 tensor (3, H, W)."""
     import numpy as np
@@ -52,12 +61,8 @@ def fit_to_bucket(image, size: tuple[int, int]):
     from PIL import Image
 
     target_w, target_h = size
-    width, height = image.size
-    scale = max(target_w / width, target_h / height)
-    resized = image.resize((max(target_w, round(width * scale)), max(target_h, round(height * scale))),
-                           Image.BICUBIC)
-    left = (resized.width - target_w) // 2
-    top = (resized.height - target_h) // 2
+    (resized_w, resized_h), (left, top) = cover_and_crop(image.width, image.height, size)
+    resized = image.resize((resized_w, resized_h), Image.BICUBIC)
     cropped = resized.crop((left, top, left + target_w, top + target_h))
     return torch.from_numpy(np.array(cropped, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 

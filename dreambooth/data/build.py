@@ -5,12 +5,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..model.long_prompts import PromptLayout
-from ..model.text import encode_text
+from ..model.text import encode_prompts
 from .buckets import bucket_sizes, nearest_bucket
 from .cache import DiskCache, encode_rows, entry_key, file_digest, norm_fingerprint, vae_fingerprint
 from .captions import warn_truncated
 from .dataset import Bucket, TrainItem, TrainingSet, tokenize
 from .images import load_pixels
+from .sdxl_conditioning import time_ids
 
 
 def assign_buckets(items: list[TrainItem], images: list, resolution: int, step: int, enabled: bool) -> None:
@@ -96,15 +97,17 @@ def build_training_set(pairs: list[tuple[TrainItem, object]], resolution: int, v
     warn_truncated(by_caption, layout, warn)
     index = {caption: n for n, caption in enumerate(captions)}
     input_ids, used = tokenize(captions, layout, device)
-    embeddings = None
+    embeddings = pooled = None
     if cache_text and not shuffle_tags:
         with torch.no_grad():
-            embeddings = encode_text(text_encoder, input_ids, clip_skip).float()
+            embeddings, pooled = encode_prompts(text_encoder, input_ids, clip_skip)
+        embeddings, pooled = embeddings.float(), (pooled.float() if pooled is not None else None)
+    sizes_and_crops = time_ids(entries, device)  # SDXL's size/crop conditioning (other UNets ignore it)
     return TrainingSet(items, class_items, places[:len(items)], places[len(items):], owned, buckets, captions,
                        [index[item.caption] for item in items], [index[item.caption] for item in class_items],
                        input_ids, embeddings, vae.config.scaling_factor, device, vae=None if cache_latents else vae,
                        hflip=hflip, shuffle=shuffle_tags, keep_tags=keep_tags, layout=layout, used=used,
-                       dynamic_norm=dynamic_norm)
+                       dynamic_norm=dynamic_norm, pooled=pooled, time_ids=sizes_and_crops)
 
 
 def _digest(memo: dict, path: Path) -> str:

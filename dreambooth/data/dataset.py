@@ -23,6 +23,11 @@ so both paths give the same latents. Text embeddings are cached per distinct cap
 encoder is frozen for the whole run, and from the moment it stops training (`TrainingSet.cache_text`);
 with shuffle_tags the captions change per use and `batch` returns fresh input_ids with embeddings None
 (the loop encodes them).
+
+SDXL. The ids hold one row per tokenizer (N, 2, 77), the cache keeps the pooled embedding beside the
+context (`pooled`), and every entry (instance and class image) has its size/crop conditioning in
+`time_ids` (sdxl_conditioning), which the batch hands on; other model families ignore it. With hflip the
+crop offsets stay those of the unmirrored image (a centred crop is symmetric to within a pixel).
 """
 from __future__ import annotations
 
@@ -99,8 +104,10 @@ class Batch:
 
     latents: object  # scaled VAE latents (B, C, h, w)
     embeddings: object  # text-encoder outputs (B, T, D), or None when the loop must encode input_ids
-    input_ids: object  # token ids (B, T), T = 77 per long-prompt window: for text-encoder training
+    input_ids: object  # token ids (B, T), T = 77 per long-prompt window, SDXL (B, 2, 77): for text-encoder training
     prior: object  # bool (B,): True for class images of prior preservation
+    pooled: object = None  # SDXL: pooled text embeddings (B, P) cached beside `embeddings`
+    time_ids: object = None  # SDXL: (B, 6) original size, crop top-left, target size (sdxl_conditioning)
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
@@ -131,7 +138,7 @@ class TrainingSet:
                  captions: list[str], caption_index: list[int], class_caption_index: list[int], input_ids,
                  embeddings, scaling_factor: float, device, *, vae=None, hflip: bool = False,
                  shuffle: bool = False, keep_tags: int = 1, layout=None, used: list[int] | None = None,
-                 dynamic_norm: bool = False):
+                 dynamic_norm: bool = False, pooled=None, time_ids=None):
         self.items = items
         self.class_items = class_items
         self.places = places  # item -> (bucket, row)
@@ -143,6 +150,8 @@ class TrainingSet:
         self.class_caption_index = class_caption_index
         self.input_ids = input_ids  # per distinct caption, on the device
         self.embeddings = embeddings  # per distinct caption, or None
+        self.pooled = pooled  # SDXL: per distinct caption, beside embeddings
+        self.time_ids = time_ids  # per entry (instance items, then class items): SDXL's size/crop values
         self.scaling_factor = scaling_factor
         self.device = device
         self.vae = vae
@@ -211,6 +220,7 @@ class TrainingSet:
         rows = [self.places[i][1] for i in items] + [self.class_places[c][1] for c in classes]
         latents = self._latents(bucket, rows, generator)
         ids = [self.caption_index[i] for i in items] + [self.class_caption_index[c] for c in classes]
+        pooled = None
         if self.shuffle:
             texts = [self._shuffled(keys[n], self.captions[ids[n]]) for n in range(len(items))]
             texts += [self.captions[i] for i in ids[len(items):]]
@@ -219,23 +229,27 @@ class TrainingSet:
             index = to_device(ids, self.input_ids.device)
             input_ids, used = self.input_ids[index], [self.used[i] for i in ids]
             embeddings = self.embeddings[index] if self.embeddings is not None else None
+            pooled = self.pooled[index] if self.pooled is not None else None
         input_ids = self.layout.trim(input_ids, used)  # pad_tokens off: up to the batch's longest caption
         embeddings = self.layout.trim(embeddings, used) if embeddings is not None else None
         prior = to_device([False] * len(items) + [True] * len(classes), latents.device)
-        return Batch(latents, embeddings, input_ids, prior)
+        entries = to_device(items + [len(self.items) + c for c in classes], self.time_ids.device)
+        return Batch(latents, embeddings, input_ids, prior, pooled, self.time_ids[entries])
 
     def cache_text(self, text_encoder, clip_skip: int, chunk: int = 64) -> None:
         """Encode every distinct caption once, for the rest of a run whose text encoder has stopped
         training (shuffled captions change per use and stay uncached)."""
         import torch
 
-        from ..model.text import encode_text
+        from ..model.text import encode_prompts
 
         if self.shuffle:
             return
         with torch.no_grad():
-            self.embeddings = torch.cat([encode_text(text_encoder, self.input_ids[i:i + chunk], clip_skip).float()
-                                         for i in range(0, len(self.input_ids), chunk)])
+            encoded = [encode_prompts(text_encoder, self.input_ids[i:i + chunk], clip_skip)
+                       for i in range(0, len(self.input_ids), chunk)]
+        self.embeddings = torch.cat([context.float() for context, _ in encoded])
+        self.pooled = torch.cat([pooled.float() for _, pooled in encoded]) if encoded[0][1] is not None else None
 
     def _shuffled(self, key: int, caption: str) -> str:
         return shuffle_tags(caption, self.keep_tags, random.Random(f"{self.seed}:{key}"))

@@ -32,8 +32,14 @@ class PromptLayout:
     strict: bool = False      # strict_tokens
 
     @property
+    def paired(self) -> bool:
+        """SDXL's two tokenizers (convert.sdxl_io.PairTokenizer): one 77-token window, one row per tokenizer;
+        long prompts and strict tokens are for SD 1.x/2.x."""
+        return hasattr(self.tokenizer, "tokenizer_2")
+
+    @property
     def length(self) -> int:
-        return self.max_tokens // CHUNK * WINDOW
+        return WINDOW if self.paired else self.max_tokens // CHUNK * WINDOW
 
     def content(self, caption: str) -> list[int]:
         """The caption's token ids between the outer BOS and EOS (untruncated)."""
@@ -65,17 +71,21 @@ class PromptLayout:
         """(LongTensor (N, length), positions used per caption)."""
         import torch
 
+        if self.paired:  # (N, 2, 77)
+            ids = self.tokenizer(captions, padding="max_length", max_length=WINDOW, truncation=True,
+                                 return_tensors="pt").input_ids
+            return ids, [WINDOW] * len(captions)
         rows = [self.windows(caption) for caption in captions]
         return torch.tensor([ids for ids, _ in rows], dtype=torch.long), [used for _, used in rows]
 
     def trim(self, tensor, used: list[int]):
         """Token ids or encodings (N, length, …) cut after the batch's longest caption when pad_tokens is off."""
-        return tensor if self.pad_tokens else tensor[:, :max(used)]
+        return tensor if self.pad_tokens or self.paired else tensor[:, :max(used)]
 
     def too_long(self, caption: str) -> int:
         """How many tokens the caption has when that is over the limit, else 0."""
         count = len(self.content(caption))
-        return count if count > self.max_tokens else 0
+        return count if count > (CHUNK if self.paired else self.max_tokens) else 0
 
 
 def prompt_layout(tokenizer, cfg) -> PromptLayout:

@@ -60,7 +60,19 @@ def make_sampler(name: str, scheduler_config: dict):
 
 
 def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_config: dict, sampler: str = "PNDM"):
+    """A diffusers pipeline around the modules in memory: StableDiffusionXLPipeline for SDXL's
+    DualTextEncoder + PairTokenizer, StableDiffusionPipeline otherwise; `sampler` is the `scheduler` setting."""
     from diffusers import StableDiffusionPipeline
+
+    if getattr(text_encoder, "is_dual_text_encoder", False):
+        from diffusers import StableDiffusionXLPipeline
+
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder.text_encoder, text_encoder_2=text_encoder.text_encoder_2,
+            tokenizer=tokenizer.tokenizer, tokenizer_2=tokenizer.tokenizer_2, unet=unet,
+            scheduler=make_sampler(sampler, scheduler_config), add_watermarker=False)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
 
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -86,7 +98,7 @@ def long_prompt_embeddings(layout, text_encoder, clip_skip: int, device):
     """A function (prompt, negative) -> (embeddings, negative embeddings) in long-prompt windows, both with the
     windows the longer of the two needs (as the WebUI pads its prompt and negative prompt). None when the
     layout is CLIP's plain 75 tokens: the pipeline encodes those itself."""
-    if layout is None or (layout.max_tokens <= CHUNK and not layout.strict):
+    if layout is None or layout.paired or (layout.max_tokens <= CHUNK and not layout.strict):
         return None
     import torch
 

@@ -1,7 +1,8 @@
 """The embedded default model: a tiny SD1-topology Stable Diffusion with seeded random weights.
 
-Presets: "tiny" and "small" (SD1.x-shaped), "tiny-v2" (SD2.x-shaped, epsilon) and "tiny-v2v" (SD2.x-shaped,
-v-prediction; the prediction type travels in the checkpoint's metadata).
+Presets: "tiny" and "small" (SD1.x-shaped), "tiny-v2" (SD2.x-shaped, epsilon), "tiny-v2v" (SD2.x-shaped,
+v-prediction; the prediction type travels in the checkpoint's metadata) and "tiny-sdxl" (SDXL-shaped: two
+text encoders, added size/text embedding).
 
 Built in code (no download) so newcomers and tests can train end to end in seconds on a CPU. It keeps
 SD1.x's block pattern and its ×8 VAE, so every converter, the WebUI and diffusers treat it like SD1.5.
@@ -60,13 +61,38 @@ PRESETS = {
     "tiny-v2v": {"unet": _unet_v2((32, 64, 64), 64), "vae": _vae((32, 32, 64, 64), 64),
                  "text_encoder": dict(_OPENCLIP)},
 }
+# SDXL-shaped: CLIP-L-like and OpenCLIP-bigG-like text encoders (different widths, as in SDXL, so that
+# loaders tell them apart; the second with a projection to a third width, so a transposed projection
+# cannot pass unnoticed), a UNet with SDXL's topology (no attention at the first level, deeper
+# transformers further down, linear projections, cross-attention on both encoders' states side by side)
+# and its added "text_time" embedding (pooled text + 6 size/crop values, each in 8 sinusoidal features).
+_OPENCLIP_G = dict(_OPENCLIP, projection_dim=48)
+_SDXL_TIME_DIM = 8
+
+
+def _unet_xl(channels, resolution: int) -> dict:
+    levels = len(channels)
+    return {"sample_size": resolution // 8, "in_channels": 4, "out_channels": 4,
+            "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1),
+            "up_block_types": ["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"],
+            "block_out_channels": list(channels), "layers_per_block": 2,
+            "transformer_layers_per_block": [1] * (levels - 1) + [2],
+            "attention_head_dim": [max(1, c // 32) for c in channels], "use_linear_projection": True,
+            "cross_attention_dim": _CLIP["hidden_size"] + _OPENCLIP_G["hidden_size"], "norm_num_groups": 32,
+            "addition_embed_type": "text_time", "addition_time_embed_dim": _SDXL_TIME_DIM,
+            "projection_class_embeddings_input_dim": 6 * _SDXL_TIME_DIM + _OPENCLIP_G["projection_dim"]}
+
+
+PRESETS["tiny-sdxl"] = {"unet": _unet_xl((32, 64, 64), 64),
+                        "vae": dict(_vae((32, 32, 64, 64), 64), scaling_factor=0.13025),
+                        "text_encoder": dict(_CLIP), "text_encoder_2": dict(_OPENCLIP_G)}
 # SD1.5's real shapes (UNet 860M, VAE 83M, CLIP ViT-L/14 text encoder 123M) with seeded random weights:
 # what `bench --preset sd15` measures memory with, at the size users train. Not for the tab or tests.
 _CLIP_L = dict(_CLIP, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                projection_dim=768)
 PRESETS["sd15"] = {"unet": dict(_unet((320, 640, 1280, 1280), 512), cross_attention_dim=768),
                    "vae": _vae((128, 256, 512, 512), 512), "text_encoder": _CLIP_L}
-PRESET_RESOLUTION.update({"tiny-v2": 64, "tiny-v2v": 64, "sd15": 512})
+PRESET_RESOLUTION.update({"tiny-v2": 64, "tiny-v2v": 64, "tiny-sdxl": 64, "sd15": 512})
 PRESET_PREDICTION = {"tiny-v2v": "v_prediction"}  # the others: epsilon
 
 
@@ -79,7 +105,8 @@ def preset_configs(preset: str) -> dict:
 
 
 def build_components(preset: str = "tiny", seed: int = 0) -> dict:
-    """{"unet", "vae", "text_encoder", "scheduler_config", "configs"}: fresh fp32 modules, same weights per seed."""
+    """{"unet", "vae", "text_encoder", "scheduler_config", "configs"}: fresh fp32 modules, same weights per seed.
+    For "tiny-sdxl" the text encoder is a DualTextEncoder holding both."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -92,6 +119,12 @@ def build_components(preset: str = "tiny", seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     for module in (unet, vae, text_encoder):
         _seeded_init(module, generator)
+    if "text_encoder_2" in configs:
+        from ..convert.sdxl_io import DualTextEncoder, build_text_encoder_2
+
+        text_encoder_2 = build_text_encoder_2(configs["text_encoder_2"])
+        _seeded_init(text_encoder_2, generator)  # on its own: its names must not depend on the wrapper
+        text_encoder = DualTextEncoder(text_encoder, text_encoder_2)
     scheduler_config = dict(SCHEDULER_CONFIG, prediction_type=PRESET_PREDICTION.get(preset, "epsilon"))
     return {"unet": unet.float().eval(), "vae": vae.float().eval(), "text_encoder": text_encoder.float().eval(),
             "scheduler_config": scheduler_config, "configs": configs}

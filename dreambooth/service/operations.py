@@ -81,8 +81,8 @@ def create_model(name: str, source: str | Path, progress: Callable[[str], None] 
     """Extract `source` into models/dreambooth/<name>/working with a fresh db_config.json (all or nothing).
 
     `source` may be a Hugging Face Hub id (`hub_token` for private or gated ones). `model_type` ("v1x",
-    "v2x-512", "v2x") overrides the detected type; the resolution starts at the type's native size (768
-    for v2x)."""
+    "v2x-512", "v2x", "SDXL") overrides the detected type; the resolution starts at the type's native size
+    (768 for v2x, 1024 for SDXL)."""
     model = model_dir(name)
     if model.exists() or _folder_in_use(model):
         raise DreamboothError(f"a model named '{model.name}' already exists: choose another name", field="model_name")

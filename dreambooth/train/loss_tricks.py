@@ -13,17 +13,19 @@ def perturbed_noise(noise, generator):
     return noise + INPUT_PERTURBATION * extra
 
 
-def dream_adjust(unet, noise_scheduler, noisy, target, noise, timesteps, embeddings, detail_preservation: float):
+def dream_adjust(unet, noise_scheduler, noisy, target, noise, timesteps, embeddings, detail_preservation: float,
+                 added: dict | None = None):
     """DREAM (Zhou et al. 2023, arXiv 2312.00210): one forward pass without gradients gives the model's own
     noise error δ = ε - ε̂; the input moves by sqrt(1 - ᾱ)·λ·δ and the target by the matching amount, with
     λ = sqrt(1 - ᾱ)^p (p = dream_detail_preservation). For v-prediction ε̂ = sqrt(ᾱ)·v̂ + sqrt(1 - ᾱ)·x_t and
-    the v target moves by sqrt(ᾱ)·λ·δ. Returns (noisy, target)."""
+    the v target moves by sqrt(ᾱ)·λ·δ. `added`: the UNet's extra keyword inputs (SDXL's size conditioning).
+    Returns (noisy, target)."""
     import torch
 
     alphas = noise_scheduler.alphas_cumprod.to(noisy.device)[timesteps].float()[:, None, None, None]
     sqrt_alpha, sqrt_one_minus = alphas.sqrt(), (1.0 - alphas).sqrt()
     with torch.no_grad():
-        predicted = unet(noisy, timesteps, embeddings).sample.float()
+        predicted = unet(noisy, timesteps, embeddings, **(added or {})).sample.float()
     if noise_scheduler.config.prediction_type == "v_prediction":
         predicted_noise = sqrt_alpha * predicted + sqrt_one_minus * noisy.float()
     else:

@@ -56,7 +56,7 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
 
     working/ is always updated so that Generate Ckpt and the next run start from the latest weights.
     """
-    from ..convert.diffusers_io import save_text_encoder
+    from ..convert.diffusers_io import write_text_encoders
     from ..model.publish import export_checkpoint
     from .snapshot import save_snapshot
 
@@ -65,8 +65,7 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
     with atomic_dir(model.working / "unet", need=tensor_bytes(unet.state_dict())) as tmp:
         unet.save_pretrained(tmp)
     if state.text_encoder_trained:
-        with atomic_dir(model.working / "text_encoder") as tmp:
-            save_text_encoder(tmp, text_encoder)
+        write_text_encoders(model.working, text_encoder)
     state.save_config()
     checkpoint = snapshot = None
     if want_checkpoint:

@@ -86,6 +86,8 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
         from ..convert.vae_file import load_vae
 
         vae = load_vae(cfg.pretrained_vae_name_or_path, vae.config)
+    if getattr(text_encoder, "is_dual_text_encoder", False):  # SDXL: which of its two encoders may train
+        select_sdxl_text_encoders(text_encoder, cfg)
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False)
         frozen.eval()
@@ -98,6 +100,17 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     if cfg.compile_unet:  # in place: the module (state_dict, save_pretrained) stays a plain UNet
         unet.compile()
     return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config), attention)
+
+
+def select_sdxl_text_encoders(text_encoder, cfg: TrainConfig) -> None:
+    from ..errors import DreamboothError
+
+    if cfg.stop_text_encoder > 0 and not (cfg.sdxl_train_text_encoder or cfg.sdxl_train_text_encoder_2):
+        raise DreamboothError(f"stop_text_encoder is {cfg.stop_text_encoder:g} but neither SDXL text encoder is "
+                              "chosen to train: turn on sdxl_train_text_encoder (CLIP-L) and/or "
+                              "sdxl_train_text_encoder_2 (OpenCLIP-bigG), or set stop_text_encoder to 0",
+                              field="sdxl_train_text_encoder")
+    text_encoder.select_trained(cfg.sdxl_train_text_encoder, cfg.sdxl_train_text_encoder_2)
 
 
 def compute_dtype(mixed_precision: str):
@@ -115,7 +128,10 @@ def cast_frozen(models: Models, mixed_precision: str, text_encoder_frozen: bool)
     cast = []
     if dtype is compute_dtype("no"):
         return cast
-    frozen = [("vae", models.vae)] + ([("text_encoder", models.text_encoder)] if text_encoder_frozen else [])
+    # SDXL's VAE overflows in fp16 (NaN latents): it stays fp32 there, as in diffusers' SDXL example
+    vae_fits = not (dtype is compute_dtype("fp16") and getattr(models.unet.config, "addition_embed_type", None))
+    frozen = ([("vae", models.vae)] if vae_fits else []) + (
+        [("text_encoder", models.text_encoder)] if text_encoder_frozen else [])
     for name, module in frozen:
         module.to(dtype=dtype)
         cast.append(name)

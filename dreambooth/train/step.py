@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model.text import encode_text
+from ..model.text import encode_prompts
 from .loss_tricks import dream_adjust, perturbed_noise
 from .losses import dreambooth_loss, make_noise, min_snr_weights, target_for
 
@@ -27,15 +27,16 @@ class StepInputs:
 
 
 def conditioning(inputs: StepInputs, batch, text_encoder_training: bool):
-    """Cached embeddings while the text encoder is frozen; a fresh (differentiable) encode while it trains."""
+    """(context, pooled or None): cached embeddings while the text encoder is frozen; a fresh
+    (differentiable) encode while it trains."""
     import torch
 
     if text_encoder_training:
-        return encode_text(inputs.text_encoder, batch.input_ids, inputs.clip_skip)
+        return encode_prompts(inputs.text_encoder, batch.input_ids, inputs.clip_skip)
     if batch.embeddings is not None:
-        return batch.embeddings
+        return batch.embeddings, batch.pooled
     with torch.no_grad():
-        return encode_text(inputs.frozen_text_encoder, batch.input_ids, inputs.clip_skip)
+        return encode_prompts(inputs.frozen_text_encoder, batch.input_ids, inputs.clip_skip)
 
 
 def micro_batch_loss(inputs: StepInputs, indices: list[int], text_encoder_training: bool):
@@ -45,15 +46,18 @@ def micro_batch_loss(inputs: StepInputs, indices: list[int], text_encoder_traini
     scheduler, generator = inputs.noise_scheduler, inputs.generator
     batch = inputs.training_set.batch(indices, generator)
     latents = batch.latents
-    embeddings = conditioning(inputs, batch, text_encoder_training)
+    embeddings, pooled = conditioning(inputs, batch, text_encoder_training)
     noise = make_noise(latents, generator, inputs.offset_noise)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator,
                               device=latents.device)
     noisy = scheduler.add_noise(latents, perturbed_noise(noise, generator) if inputs.input_perturbation else noise,
                                 timesteps)
     target = target_for(scheduler, latents, noise, timesteps)
+    added = {} if pooled is None else {  # SDXL: pooled text and each image's size/crop (sdxl_conditioning)
+        "added_cond_kwargs": {"text_embeds": pooled, "time_ids": batch.time_ids.to(pooled.dtype)}}
     if inputs.dream is not None:
-        noisy, target = dream_adjust(inputs.unet, scheduler, noisy, target, noise, timesteps, embeddings, inputs.dream)
-    prediction = inputs.unet(noisy, timesteps, embeddings).sample
+        noisy, target = dream_adjust(inputs.unet, scheduler, noisy, target, noise, timesteps, embeddings, inputs.dream,
+                                     added)
+    prediction = inputs.unet(noisy, timesteps, embeddings, **added).sample
     weights = min_snr_weights(scheduler, timesteps, inputs.min_snr_gamma) if inputs.min_snr_gamma > 0 else None
     return dreambooth_loss(prediction, target, batch.prior, inputs.prior_loss_weight, weights, inputs.split_loss)

@@ -22,7 +22,7 @@ from .params_panel import build_params_panel
 log = logging.getLogger("dreambooth")
 POLL_SECONDS = 1.0
 SCRIPT = Path(__file__).resolve().parents[2] / "javascript" / "dreambooth.js"
-CREATE_MODEL_TYPES = ("detect", "v1x", "v2x-512", "v2x")
+CREATE_MODEL_TYPES = ("detect", "v1x", "v2x-512", "v2x", "SDXL")
 TOP_BUTTONS = (("save", "Save Params"), ("load", "Load Params"), ("ckpt", "Generate Ckpt"),
                ("samples", "Generate Samples"), ("cancel", "Cancel"), ("train", "Train"),
                ("wizard", "Performance Wizard"))
