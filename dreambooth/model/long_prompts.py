@@ -43,7 +43,7 @@ class PromptLayout:
 
     def content(self, caption: str) -> list[int]:
         """The caption's token ids between the outer BOS and EOS (untruncated)."""
-        tok = self.tokenizer
+        tok = self.tokenizer.tokenizer if self.paired else self.tokenizer  # SDXL: CLIP-L's count the length
         if not self.strict:
             return tok(caption, add_special_tokens=False).input_ids
         parts = [part.strip() for part in _STRICT_SPLIT.split(caption) if part.strip()]
