@@ -82,6 +82,19 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
                        + ("an EMA copy of the UNet fits in 24 GB and smooths the result" if eff >= 24
                           else "no room for an EMA copy of the UNet below 24 GB"))
 
+    # A full fine-tune of SD1.x needs ~10 GB even with 8bit AdamW and checkpointing (T4 figure, peers.md);
+    # SDXL's ~24 GB. Below that a LoRA (frozen base, small adapters and optimizer state) still fits.
+    full_needs = 24 if sdxl else 10
+    changes["use_lora"] = gpu and vram < full_needs
+    if changes["use_lora"]:
+        reasons.append(f"use_lora = True: a full {model_type} fine-tune needs about {full_needs} GB even with 8bit "
+                       f"AdamW and gradient checkpointing; a LoRA keeps the base frozen (no gradients or optimizer "
+                       f"state for it), fits in {vram:g} GB and writes a small file to models/Lora")
+    else:
+        reasons.append("use_lora = False: " + ("enough VRAM for a full fine-tune (a LoRA is still your choice: "
+                                               "less memory, a small file)" if gpu else
+                                               "no GPU, so RAM is the limit and a full fine-tune fits"))
+
     # Effective batch ~ images / 5, between 1 and 8: small sets keep per-image updates, big sets smooth out.
     target = max(1, min(8, images // 5))
     batch = changes["train_batch_size"]
@@ -89,9 +102,9 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
     changes["gradient_accumulation_steps"] = accumulation
     reasons.append(f"gradient_accumulation_steps = {accumulation}: effective batch {batch * accumulation} "
                    f"for {images} images (about one fifth, 1 to 8)")
-    if sdxl and gpu and vram < 12:
-        reasons.append(f"warning: {vram:g} GB is below what a full SDXL fine-tune needs (about 12 GB with "
-                       "8bit AdamW and checkpointing); expect out-of-memory errors")
+    if sdxl and gpu and vram < 10:
+        reasons.append(f"warning: {vram:g} GB is tight even for an SDXL LoRA (about 8 GB, 10 recommended); "
+                       "expect out-of-memory errors")
     if gpu:
         reasons.append("attention: " + ("xformers is importable and is used on CUDA (SDPA if it fails to load)"
                                         if xformers_available else "PyTorch SDPA (as fast as xformers on recent GPUs)"))

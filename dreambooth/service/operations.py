@@ -137,12 +137,17 @@ def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume:
         return Trainer(model, cfg, control, resume).run()
 
 
-def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = None) -> Path:
+def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = None,
+                  overrides: dict | None = None) -> Path:
+    """`overrides`: parameters as on screen or in the request (e.g. lora_model_name, lora_weight), checked
+    like any other value and not saved."""
     from ..model.publish import publish_working
 
     model = model_dir(name).require()
     with locked(model, "Generate Ckpt"):
         cfg, _ = load_config(model.config_file)
+        for key, value in (overrides or {}).items():
+            cfg.set(key, value)
         return publish_working(model, cfg, half, subdir)
 
 

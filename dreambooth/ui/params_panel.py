@@ -18,6 +18,10 @@ def field_widget(field: Field, elem_id: str):
         return gr.Checkbox(value=field.default, **common)
     if field.choices:
         return gr.Dropdown(choices=list(field.choices), value=field.default, **common)
+    if field.name == "lora_model_name":  # files of the Lora folder; a saved name not (yet) there still loads
+        from .handlers import lora_choices
+
+        return gr.Dropdown(choices=lora_choices(), value=field.default, allow_custom_value=True, **common)
     if field.kind is int:
         return gr.Number(value=field.default, precision=0, **common)
     if field.kind is float:
