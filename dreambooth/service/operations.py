@@ -54,7 +54,7 @@ def locked(model: ModelDir, action: str, log: Callable[[str], None] = _warn) -> 
         yield
         return
     with model_lock(model.path, action):
-        removed = remove_stale_temps(model.path, host.checkpoint_dir(), model.name)
+        removed = remove_stale_temps(model.path, host.checkpoint_dir(), model.name, host.lora_dir())
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
                 + ", ".join(p.name for p in removed[:5]) + (" …" if len(removed) > 5 else ""))

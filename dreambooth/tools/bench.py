@@ -7,6 +7,8 @@ alternate reference/trainer (ABBA order) with the median of the paired ratios re
 shared machine drift by ±10%. The last line printed is one JSON object; `--out` writes the same record.
 
 `--scaling` adds the trainer at 8, 64 and 512 images (time per image, peak RSS) and sampling time per image.
+`--lora` adds the trainer's LoRA run (use_lora, the registry's LoRA defaults) against its full fine-tune,
+paired the same way: samples/s, peak RSS (and VRAM) and their ratios.
 """
 from __future__ import annotations
 
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a trainer parameter for the trainer runs (e.g. mixed_precision=bf16)")
     parser.add_argument("--scaling", action="store_true", help="also time the trainer at 8, 64 and 512 images")
+    parser.add_argument("--lora", action="store_true",
+                        help="also compare the trainer's LoRA run (use_lora) with its full fine-tune, in pairs")
     parser.add_argument("--scaling-sizes", default=",".join(map(str, SCALING_SIZES)), help=argparse.SUPPRESS)
     parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps for --scaling (default 20)")
     parser.add_argument("--workdir", type=Path, help="keep the generated model and images here (default: temp)")
@@ -351,6 +355,8 @@ def _run(args, root: Path, log) -> int:
               "versions": _versions()}
     if args.scaling:
         record["scaling"] = _scaling(args, root, base, log)
+    if args.lora:
+        record["lora"] = _lora_comparison(args, base, log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {args.out}")
@@ -383,6 +389,41 @@ def _scaling(args, root: Path, base: dict, log) -> dict:
             f"{_fmt(row['sample_s_per_image'], '.3f'):>15s}")
     return {"rows": rows, "max_time_change": max(abs(r["time_vs_first"]) for r in rows),
             "max_rss_growth": max(r["rss_vs_first"] for r in rows)}
+
+
+def _lora_comparison(args, base: dict, log) -> dict:
+    """The trainer with use_lora against the trainer's full fine-tune: same model, images, steps and batch,
+    alternating in pairs; each side's medians and the median paired ratios (LoRA / full)."""
+    runs: dict = {"full": [], "lora": []}
+    speed, rss, vram = [], [], []
+    log("")
+    log(f"LoRA vs full fine-tune (the trainer, {args.pairs} pairs, {args.steps} steps, batch {args.batch}):")
+    for pair in range(args.pairs):
+        order = ("full", "lora") if pair % 2 == 0 else ("lora", "full")
+        results = {}
+        for kind in order:
+            extra = ["use_lora=true"] if kind == "lora" else []
+            results[kind] = r = run_worker(dict(base, kind="trainer", set=list(args.set) + extra))
+            runs[kind].append(r)
+            log(f"  pair {pair + 1} {kind:4s}: {r['samples_per_s']:6.2f} samples/s, peak RSS {r['peak_rss_mb']:.0f} MB"
+                + (f", peak VRAM {r['peak_vram_mb']:.0f} MB" if r["peak_vram_mb"] else ""))
+        speed.append(results["lora"]["samples_per_s"] / results["full"]["samples_per_s"])
+        rss.append(results["lora"]["peak_rss_mb"] / results["full"]["peak_rss_mb"])
+        if results["lora"]["peak_vram_mb"] and results["full"]["peak_vram_mb"]:
+            vram.append(results["lora"]["peak_vram_mb"] / results["full"]["peak_vram_mb"])
+    summary = {kind: {key: _median([r[key] for r in rows]) for key in ("samples_per_s", "s_per_step", "peak_rss_mb",
+                                                                        "peak_vram_mb")}
+               for kind, rows in runs.items()}
+    result = {**summary, "speed_ratio": round(statistics.median(speed), 3),
+              "rss_ratio": round(statistics.median(rss), 3), "rss_ratios": [round(r, 3) for r in rss],
+              "vram_ratio": round(statistics.median(vram), 3) if vram else None}
+    log(f"{'':5s} {'samples/s':>10s} {'peak RSS MB':>12s} {'peak VRAM MB':>13s}")
+    for kind in ("full", "lora"):
+        s = summary[kind]
+        log(f"{kind:5s} {s['samples_per_s']:10.2f} {s['peak_rss_mb']:12.0f} {_fmt(s['peak_vram_mb'], '.0f'):>13s}")
+    log(f"LoRA / full: samples/s {result['speed_ratio']:.2f}x, peak RSS {result['rss_ratio']:.3f} "
+        f"[{', '.join(f'{r:.3f}' for r in rss)}]" + (f", peak VRAM {result['vram_ratio']:.3f}" if vram else ""))
+    return result
 
 
 def _versions() -> dict:
