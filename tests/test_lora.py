@@ -56,7 +56,9 @@ def test_lora_run_writes_kohya_file_and_leaves_the_base(tiny_model, one_image, m
     before = folder_weights(tiny_model.working)
     cfg = lora_config(one_image, use_lora_extended=True, stop_text_encoder=1.0, gradient_checkpointing=True,
                       save_embedding_every=1, src=str(tiny_checkpoint))
-    result = Trainer(tiny_model, cfg).run()
+    trainer = Trainer(tiny_model, cfg)
+    result = trainer.run()
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [5e-3, 1e-3]  # the LoRA rates
     assert [p.name for p in result.checkpoints] == ["tiny_1.safetensors", "tiny_2.safetensors"]
     assert all(p.parent == models_root / "Lora" for p in result.checkpoints)
     after = folder_weights(tiny_model.working)
@@ -281,3 +283,32 @@ def test_tab_and_rest_choose_and_merge_a_lora(tiny_model, one_image, models_root
 
     train_model("tiny", cfg)  # the next run of this model removes its leftover in the Lora folder
     assert not leftover.exists()
+
+
+def test_dropout_only_while_training(tiny_parts):
+    unet = tiny_parts[0]
+    layer = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    plain = build_network(unet, None, unet_rank=4, unet_alpha=4, extended=False, seed=1)
+    dropped = build_network(unet, None, unet_rank=4, unet_alpha=4, extended=False, dropout=0.5, seed=1)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    torch.nn.init.normal_(plain[name].lora_up.weight)
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 16, layer.in_features)
+    torch.manual_seed(0)
+    first, second = dropped[name](x), dropped[name](x)
+    assert not torch.allclose(first, second) and not torch.allclose(first, plain[name](x))  # dropout is on
+    with torch.no_grad():  # previews and caches: no dropout, the same change as without it
+        assert torch.equal(dropped[name](x), plain[name](x))
+
+
+def test_cli_trains_a_lora_and_merges_it(tiny_model, one_image, models_root, capsys):
+    from dreambooth.cli import main
+
+    concepts = f'[{{"instance_data_dir": "{one_image}", "instance_prompt": "sks toy", "n_save_sample": 0}}]'
+    assert main(["train", "tiny", "--set", "use_lora=true", "--set", "num_train_epochs=1", "--set", "resolution=64",
+                 "--set", "mixed_precision=no", "--set", "lora_unet_rank=2", "--set", f"concepts_list={concepts}"]) == 0
+    assert f"checkpoint: {models_root / 'Lora' / 'tiny_1.safetensors'}" in capsys.readouterr().out
+    assert main(["ckpt", "tiny"]) == 0  # use_lora, no Lora Model chosen: the model's newest LoRA
+    assert capsys.readouterr().out.strip().endswith("tiny_1_lora.safetensors")
+    assert main(["ckpt", "tiny", "--set", "lora_model_name=missing"]) == 2
+    assert "lora_model_name" in capsys.readouterr().err

@@ -275,9 +275,9 @@ class Trainer:
         """The parameters being trained (clipped together); rebuilt only when the text encoder freezes,
         since walking the modules every step costs a few milliseconds."""
         key = self.text_encoder_training
-        if self._params_for != key and self.lora is not None:
-            self._params, self._params_for = self.lora.trained_parameters(self.text_encoder_training), key
-        if self._params_for != key:
+        if self._params_for != key and self.lora is not None:  # the adapters only, never the frozen base
+            self._params, self._params_for = self.lora.trained_parameters(key), key
+        elif self._params_for != key:
             params = list(self.unet.parameters())
             if self.text_encoder_training:
                 params += list(self.text_encoder.parameters())
