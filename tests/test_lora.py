@@ -7,7 +7,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import folder_weights, quick_config
-from dreambooth.convert.lora_kohya import layer_delta, split_layers
+from dreambooth.convert.lora_kohya import split_layers
 from dreambooth.errors import DreamboothError
 from dreambooth.monitor.metrics import read_metrics
 from dreambooth.train.loop import Trainer
@@ -133,9 +133,14 @@ def test_lora_file_with_another_rank_names_the_field(tiny_model, one_image):
     with pytest.raises(DreamboothError) as error:
         Trainer(tiny_model, lora_config(one_image, lora_unet_rank=8, lora_model_name=lora_file.name)).run()
     assert error.value.field == "lora_unet_rank" and "(4)" in str(error.value)
-    for outside in ("../tiny/db_config.json", "/etc/passwd", "nothing-here"):
-        with pytest.raises(DreamboothError) as error:
-            Trainer(tiny_model, lora_config(one_image, lora_model_name=outside)).run()
+    from dreambooth.model.lora_files import resolve_lora_file
+
+    assert resolve_lora_file("tiny_1", tiny_model) == lora_file.resolve()
+    stray = lora_file.parent.parent / "outside.safetensors"  # a real LoRA file, but not in a Lora folder
+    stray.write_bytes(lora_file.read_bytes())
+    for name in ("../outside", str(stray), "/etc/passwd", "nothing-here", "a\x00b", ""):
+        with pytest.raises(DreamboothError) as error:  # only files inside the Lora folders, named relatively
+            resolve_lora_file(name, tiny_model)
         assert error.value.field == "lora_model_name"
 
 

@@ -48,10 +48,13 @@ def resolve_lora_file(name: str, model: ModelDir | None = None) -> Path:
         raise DreamboothError("lora_model_name is empty: choose a LoRA file", field="lora_model_name")
     relative = text if text.endswith(LORA_SUFFIX) else text + LORA_SUFFIX
     for folder in _folders(model):
-        root = folder.resolve()
-        candidate = (root / relative).resolve()
-        if candidate.is_relative_to(root) and candidate.is_file():
-            return candidate
+        try:
+            root = folder.resolve()
+            candidate = (root / relative).resolve()
+            if candidate.is_relative_to(root) and candidate.is_file():
+                return candidate
+        except (OSError, ValueError, RuntimeError):  # a NUL, a name too long, a symlink loop: not a LoRA here
+            continue
     offered = list_lora_files(model)
     where = " or ".join(str(folder) for folder in _folders(model))
     raise DreamboothError(

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from ..convert.lora_kohya import TEXT_PREFIX, UNET_PREFIX, kohya_name, layer_delta
+from ..convert.lora_kohya import TEXT_PREFIX, UNET_PREFIX, kohya_name
 
 UNET_ATTENTION_BLOCKS = ("Transformer2DModel",)
 UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -49,15 +49,11 @@ class LoRAModule(nn.Module):
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.rank = rank
         self.dropout = dropout
-        self.multiplier = 1.0
 
     def forward(self, x):
         if self.dropout and self.training and torch.is_grad_enabled():  # never in previews
             x = nn.functional.dropout(x, self.dropout)
-        return self.lora_up(self.lora_down(x)) * (self.multiplier * float(self.alpha) / self.rank)
-
-    def weight_delta(self, weight_shape):
-        return layer_delta(self.lora_down.weight, self.lora_up.weight, self.alpha, weight_shape)
+        return self.lora_up(self.lora_down(x)) * (self.alpha / self.rank)  # a tensor: no device sync
 
 
 def _is_adaptable(layer: nn.Module, with_3x3: bool) -> bool:
@@ -127,14 +123,6 @@ class LoRANetwork(nn.ModuleDict):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._hooks)
-
-    def set_multiplier(self, value: float) -> None:
-        for adapter in self.values():
-            adapter.multiplier = value
 
 
 def build_network(unet: nn.Module, text_encoder: nn.Module | None, *, unet_rank: int, unet_alpha: float,
