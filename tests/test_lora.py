@@ -17,8 +17,10 @@ from dreambooth.train.snapshot import list_snapshots, load_snapshot
 
 
 def lora_config(images, **overrides):
+    """Quick LoRA settings; no preview at the end unless a test's concepts ask for one (CPU time)."""
+    concepts = [{"instance_data_dir": str(images), "instance_prompt": "a photo of sks toy", "n_save_sample": 0}]
     values = dict(use_lora=True, lora_learning_rate=5e-3, lora_txt_learning_rate=1e-3, lora_unet_rank=4,
-                  lora_unet_alpha=2, lora_txt_rank=2, num_train_epochs=2)
+                  lora_unet_alpha=2, lora_txt_rank=2, num_train_epochs=2, concepts_list=concepts)
     values.update(overrides)
     return quick_config(images, **values)
 
