@@ -215,6 +215,8 @@ def _checkpoint(args: dict) -> dict:
     job = runner().current()
     if job is not None and job.kind == "train" and job.model_name == name:  # the trainer writes it (as the tab)
         return {"message": runner().request_save(), "_status": 202}
+    params = args.get("params")
+    _apply(operations.load_params(name)[0], params)  # bad values answer 400 before the job starts
     with runner().exclusive("checkpoint", name):
-        path = operations.generate_ckpt(name)  # the export refreshes the WebUI's list
+        path = operations.generate_ckpt(name, overrides=params)  # the export refreshes the WebUI's list
     return {"message": f"checkpoint written: {path}", "path": str(path)}

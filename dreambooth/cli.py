@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("name")
     ckpt.add_argument("--half", action="store_true", default=None, help="fp16 weights")
     ckpt.add_argument("--subdir", action="store_true", default=None, help="into Stable-diffusion/<name>/")
+    ckpt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a parameter for this export only, e.g. lora_model_name=NAME lora_weight=0.8 (merge a "
+                      "LoRA from models/Lora)")
 
     samples = command("samples", help="generate sample images from the model's current weights")
     samples.add_argument("name")
@@ -197,7 +200,9 @@ def _print_result(result) -> None:
 def cmd_ckpt(args) -> int:
     from .service.operations import generate_ckpt
 
-    print(generate_ckpt(args.name, half=args.half, subdir=args.subdir))
+    from .config import parse_assignments
+
+    print(generate_ckpt(args.name, half=args.half, subdir=args.subdir, overrides=parse_assignments(args.set)))
     return 0
 
 

@@ -324,6 +324,43 @@ _ADVANCED = [
        "(sigma-reparametrization, Zhai et al. 2023): steadier training at higher learning rates."),
 ]
 
+_LORA = [
+    _f("use_lora", bool, False, "Lora", "Use LoRA",
+       "Train a small low-rank adapter instead of the whole UNet: a fraction of the memory, a file of a few MB "
+       "in models/Lora (the WebUI's <lora:NAME_<step>:1> prompt tag) and the base model left unchanged."),
+    _f("use_lora_extended", bool, False, "Lora", "Use LoRA extended (conv layers)",
+       "Also adapt the UNet's ResNet convolutions (kohya's LoCon / conv_dim): more capacity, a larger file."),
+    _f("lora_learning_rate", float, 1e-4, "Lora", "LoRA UNet learning rate",
+       "Learning rate of the UNet adapter (1e-4 is typical; LoRA needs far higher rates than a full fine-tune).",
+       above=0, maximum=1),
+    _f("lora_txt_learning_rate", float, 5e-5, "Lora", "LoRA text encoder learning rate",
+       "Learning rate of the text-encoder adapter, trained while stop_text_encoder says the text encoder trains.",
+       above=0, maximum=1),
+    _f("lora_unet_rank", int, 4, "Lora", "LoRA UNet rank",
+       "Rank (kohya's network_dim) of the UNet adapter: higher learns more detail, the file grows linearly.",
+       minimum=1, maximum=256),
+    _f("lora_txt_rank", int, 4, "Lora", "LoRA text encoder rank",
+       "Rank of the text-encoder adapter.", minimum=1, maximum=256),
+    _f("lora_unet_alpha", float, 0.0, "Lora", "LoRA UNet alpha",
+       "The adapter's output is scaled by alpha / rank (kohya's network_alpha); 0 = the rank (scale 1).",
+       minimum=0, maximum=1024),
+    _f("lora_txt_alpha", float, 0.0, "Lora", "LoRA text encoder alpha",
+       "alpha of the text-encoder adapter; 0 = its rank (scale 1).", minimum=0, maximum=1024),
+    _f("lora_dropout", float, 0.0, "Lora", "LoRA dropout",
+       "Dropout on the adapters' inputs while training (0 = off; 0.1 can reduce overfitting).", minimum=0,
+       maximum=0.9),
+    _f("lora_weight", float, 0.8, "Lora", "LoRA merge weight",
+       "Generate Ckpt with a Lora Model chosen adds this fraction of the LoRA to the base weights.",
+       minimum=0, maximum=4),
+    _f("lora_model_name", str, "", "Lora", "Lora Model",
+       "A LoRA file in models/Lora (or this model's lora/ folder). Training with use_lora continues from it (its "
+       "ranks must match); Generate Ckpt merges it into the base at lora_weight (with use_lora and no Lora "
+       "Model chosen: this model's newest LoRA)."),
+    _f("save_lora_for_extra_net", bool, True, "Lora", "Save LoRA for extra networks",
+       "Write the LoRA files into the WebUI's Lora folder (models/Lora, or --lora-dir), where txt2img lists "
+       "them; off: into this model's lora/ folder."),
+]
+
 _CONCEPTS = [
     _f("use_concepts", bool, False, "Concepts", "Use concepts list",
        "Read the concepts from concepts_path (a JSON file or JSON text) instead of the editors."),
@@ -335,6 +372,7 @@ _CONCEPTS = [
 
 FIELDS: tuple[Field, ...] = tuple(
     _MODEL + _INTERVALS + _BATCHING + _LEARNING_RATE + _TRAINING + _IMAGES + _PRECISION + _SAVING + _ADVANCED
+    + _LORA
     + _CONCEPTS)
 
 CONCEPT_FIELDS: tuple[Field, ...] = (

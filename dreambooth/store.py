@@ -61,6 +61,11 @@ class ModelDir:
         return self.path / "backups"
 
     @property
+    def loras(self) -> Path:
+        """LoRA files when save_lora_for_extra_net is off (else they go to the host's Lora folder)."""
+        return self.path / "lora"
+
+    @property
     def cache(self) -> Path:
         return self.path / "cache"
 

@@ -93,6 +93,26 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
                        + ("an EMA copy of the UNet fits in 24 GB and smooths the result" if vram >= 24
                           else "no room for an EMA copy of the UNet below 24 GB"))
 
+    # LoRA when even the leanest full fine-tune does not fit: SD1.x needs about 6 GB with the fused backward
+    # pass (fp32 weights 3.4 GB + Adafactor + activations) and about 10 GB without it (8bit AdamW, checkpointing;
+    # T4 figure, peers.md); SDXL what _sdxl_choice computes. A LoRA keeps the base frozen.
+    if sdxl:
+        full_fits = not gpu or _sdxl_choice(vram, bnb_available, bf16_available)[2]
+        full_needs = "about 16 GB even with Adafactor and the fused backward pass"
+    else:
+        fused_possible = bf16_available is not False
+        full_fits = not gpu or vram >= (6 if fused_possible else 10)
+        full_needs = ("about 6 GB even with the fused backward pass" if fused_possible
+                      else "about 10 GB with 8bit AdamW and gradient checkpointing")
+    changes["use_lora"] = not full_fits
+    if changes["use_lora"]:
+        reasons.append(f"use_lora = True: a full {model_type} fine-tune needs {full_needs}; a LoRA keeps the base "
+                       f"frozen (no gradients or optimizer state for it), fits in {vram:g} GB and writes a small file "
+                       "to models/Lora")
+    else:
+        reasons.append("use_lora = False: " + ("a full fine-tune fits (a LoRA is still your choice: less memory, a "
+                                               "small file)" if gpu else
+                                               "no GPU, so RAM is the limit and a full fine-tune fits"))
     if not changes.get("fused_backward_pass"):
         # Effective batch ~ images / 5, between 1 and 8: small sets keep per-image updates, big sets smooth out.
         target = max(1, min(8, images // 5))
@@ -101,9 +121,12 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         changes["gradient_accumulation_steps"] = accumulation
         reasons.append(f"gradient_accumulation_steps = {accumulation}: effective batch {batch * accumulation} "
                        f"for {images} images (about one fifth, 1 to 8)")
-    if gpu and not sdxl and vram < 12 and bf16_available is False:
+    if gpu and not sdxl and vram < 12 and bf16_available is False and not changes["use_lora"]:
         reasons.append(f"warning: a full fine-tune needs about 12 GB without the fused backward pass, which needs "
                        f"bf16 (this GPU has none); expect out-of-memory errors at {vram:g} GB")
+    if sdxl and gpu and vram < 10:
+        reasons.append(f"warning: {vram:g} GB is tight even for an SDXL LoRA (about 8 GB, 10 recommended); "
+                       "expect out-of-memory errors")
     if gpu:
         changes["attention"] = "xformers" if xformers_available else "sdpa"
         reasons.append("attention = " + ("xformers: it is importable here" if xformers_available
@@ -203,7 +226,8 @@ def _sdxl_gpu(vram: float, images: int, bnb: bool, bf16: bool | None, changes: d
         else "an EMA copy of the SDXL UNet takes 10 GB more (or use ema_on_cpu)"))
     if not fits:
         need = static + SDXL_OVERHEAD_GB
-        reasons.append(f"warning: {vram:g} GB is below what a full SDXL fine-tune needs (about {need:.1f} GB even "
-                       f"with {optimizer}" + (" and the fused backward pass" if fused else "") + "), so expect "
-                       "out-of-memory errors; an SDXL LoRA (far fewer trained weights) is the way to train SDXL in "
+        reasons.append(f"{vram:g} GB is below what a full SDXL fine-tune needs (about {need:.1f} GB even "
+                       f"with {optimizer}" + (" and the fused backward pass" if fused else "") + "): the settings "
+                       "above are the leanest full fine-tune, and use_lora is proposed, since an SDXL LoRA (far "
+                       "fewer trained weights) is the way to train SDXL in "
                        + ("12-16 GB" if vram >= 12 else "8 GB, and even that is tight"))

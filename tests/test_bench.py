@@ -15,8 +15,8 @@ def test_bench_writes_the_record_with_both_ratios(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dreambooth", "bench", "--preset", "tiny", "--resolution", "64", "--images", "4",
          "--steps", "3", "--warmup", "1", "--pairs", "1", "--threads", "1", "--workdir", str(tmp_path / "work"),
-         "--out", str(out), "--scaling", "--scaling-sizes", "4", "--sample-steps", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+         "--out", str(out), "--scaling", "--scaling-sizes", "4", "--sample-steps", "2", "--lora"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # a loaded shared CPU
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line is the JSON record
     assert last == json.loads(out.read_text())
@@ -31,6 +31,9 @@ def test_bench_writes_the_record_with_both_ratios(tmp_path):
     assert all(row["train_s_per_image"] > 0 and row["peak_rss_mb"] > 50 for row in rows)
     assert all(row["sample_s_per_image"] is not None and row["sample_s_per_image"] > 0 for row in rows)
     assert "speedup" in proc.stdout and "rss_ratio" in proc.stdout
+    lora = last["lora"]  # the LoRA run against the trainer's full fine-tune
+    assert lora["full"]["samples_per_s"] > 0 and lora["lora"]["samples_per_s"] > 0
+    assert 0 < lora["rss_ratio"] < 10 and lora["speed_ratio"] > 0 and "LoRA / full" in proc.stdout
 
 
 def test_bench_rejects_bad_step_counts(capsys):

@@ -167,6 +167,10 @@ def test_host_adapter_paths_checkpoints_lock_and_vram_guard(webui):
     assert host.dreambooth_root() == (webui.root / "db").resolve()
     assert host.checkpoint_dir() == (webui.root / "ckpts").resolve()
     mods.shared.cmd_opts.ckpt_dir = None
+    assert host.lora_dir() == (webui.root / "models" / "Lora").resolve()  # LoRA output: the WebUI's Lora folder
+    mods.shared.cmd_opts.lora_dir = str(webui.root / "loras")
+    assert host.lora_dir() == (webui.root / "loras").resolve()
+    mods.shared.cmd_opts.lora_dir = None
 
     (sd_dir / "new.safetensors").write_bytes(b"x")
     assert host.list_source_checkpoints() == [sd_dir / "new.safetensors"]  # found before the host rescans

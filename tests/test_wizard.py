@@ -8,17 +8,19 @@ from dreambooth.wizard import recommend
 TABLE = [
     # vram, images, type, bnb, xf, expected subset
     (0, 10, "v1x", False, False, dict(mixed_precision="no", train_batch_size=1, gradient_accumulation_steps=2,
-                                      optimizer="Torch AdamW", gradient_checkpointing=False, resolution=512)),
+                                      optimizer="Torch AdamW", gradient_checkpointing=False, resolution=512,
+                                      use_lora=False)),
     (None, 3, "v1x", True, False, dict(mixed_precision="no", optimizer="Torch AdamW", gradient_accumulation_steps=1)),
     # below 12 GB: the fused backward pass (bf16, accumulation 1); Adafactor below 8 GB or without bitsandbytes
     (8, 20, "v1x", True, False, dict(mixed_precision="bf16", optimizer="8bit AdamW", gradient_checkpointing=True,
                                      train_batch_size=1, gradient_accumulation_steps=1, sample_batch_size=1,
-                                     fused_backward_pass=True)),
+                                     fused_backward_pass=True, use_lora=False)),
     (8, 20, "v1x", False, False, dict(optimizer="Adafactor", gradient_checkpointing=True, stop_text_encoder=0.0,
                                       use_ema=False, fused_backward_pass=True)),
     (6, 20, "v1x", True, False, dict(optimizer="Adafactor", fused_backward_pass=True, mixed_precision="bf16")),
     (12, 20, "v1x", True, False, dict(optimizer="8bit AdamW", mixed_precision="fp16", gradient_accumulation_steps=4)),
-    (12, 5, "v2x", True, True, dict(resolution=768, sample_batch_size=2, train_batch_size=1)),
+    (12, 5, "v2x", True, True, dict(resolution=768, sample_batch_size=2, train_batch_size=1, use_lora=False)),
+    (4, 20, "v1x", True, False, dict(use_lora=True, fused_backward_pass=True)),
     (16, 40, "v1x", True, False, dict(train_batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=False,
                                       stop_text_encoder=0.75, use_ema=False)),
     (24, 100, "v1x", True, False, dict(train_batch_size=4, gradient_accumulation_steps=2, optimizer="Torch AdamW",
@@ -29,10 +31,12 @@ TABLE = [
                                       mixed_precision="bf16", gradient_accumulation_steps=1,
                                       gradient_checkpointing=True, train_batch_size=1, stop_text_encoder=0.0,
                                       use_ema=False)),
-    (16, 30, "SDXL", False, False, dict(optimizer="Adafactor", fused_backward_pass=True, train_batch_size=1)),
+    (16, 30, "SDXL", False, False, dict(optimizer="Adafactor", fused_backward_pass=True, train_batch_size=1,
+                                        use_lora=True)),
     (24, 30, "SDXL", True, False, dict(resolution=1024, optimizer="8bit AdamW", fused_backward_pass=True,
                                        mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1,
-                                       stop_text_encoder=0.0, sdxl_train_text_encoder=False, use_ema=False)),
+                                       stop_text_encoder=0.0, sdxl_train_text_encoder=False, use_ema=False,
+                                       use_lora=False)),
     (24, 30, "SDXL", False, False, dict(optimizer="Adafactor", fused_backward_pass=True, stop_text_encoder=0.75,
                                         sdxl_train_text_encoder=True, sdxl_train_text_encoder_2=False)),
     (48, 30, "SDXL", True, False, dict(optimizer="Torch AdamW", fused_backward_pass=False, mixed_precision="fp16",
@@ -59,26 +63,31 @@ def test_table(vram, images, model_type, bnb, xf, expected):
 
 
 def test_without_bf16_no_fused_pass_and_a_warning():
-    changes, reasons = recommend(8, 20, "v1x", True, False, bf16_available=False)
+    changes, reasons = recommend(10, 20, "v1x", True, False, bf16_available=False)
     assert "fused_backward_pass" not in changes and changes["mixed_precision"] == "fp16"
     assert any(line.startswith("warning") and "bf16" in line for line in reasons)
+    changes, _ = recommend(8, 20, "v1x", True, False, bf16_available=False)
+    assert changes["use_lora"] is True  # no fused pass: a full fine-tune needs about 10 GB
     _, reasons = recommend(8, 20, "v1x", True, False)  # not known: assumed, with the caveat named
     assert any("RTX 30xx" in line for line in reasons)
+
 
 @pytest.mark.parametrize("vram,bnb,bf16,need,advice", [(8, True, None, "16.3 GB", "8 GB, and even that is tight"),
                                                        (12, True, None, "16.3 GB", "12-16 GB"),
                                                        (16, True, None, "16.3 GB", "12-16 GB"),
                                                        (24, True, False, "26.5 GB", "12-16 GB")])
-def test_sdxl_full_fine_tune_that_cannot_fit_warns(vram, bnb, bf16, need, advice):
-    _, reasons = recommend(vram, 10, "SDXL", bnb, False, bf16_available=bf16)
-    warnings = [line for line in reasons if line.startswith("warning")]
-    assert len(warnings) == 1 and need in warnings[0] and "LoRA" in warnings[0] and advice in warnings[0]
+def test_sdxl_full_fine_tune_that_cannot_fit_proposes_lora(vram, bnb, bf16, need, advice):
+    changes, reasons = recommend(vram, 10, "SDXL", bnb, False, bf16_available=bf16)
+    line = next(line for line in reasons if "full SDXL fine-tune needs" in line)
+    assert need in line and "LoRA" in line and advice in line
+    assert changes["use_lora"] is True
+    assert len([line for line in reasons if line.startswith("warning")]) == (1 if vram < 10 else 0)
 
 
 @pytest.mark.parametrize("vram,bnb", [(24, True), (24, False), (48, True), (80, True)])
 def test_sdxl_that_fits_has_no_warning(vram, bnb):
-    _, reasons = recommend(vram, 10, "SDXL", bnb, False)
-    assert not any(line.startswith("warning") for line in reasons)
+    changes, reasons = recommend(vram, 10, "SDXL", bnb, False)
+    assert not any(line.startswith("warning") for line in reasons) and changes["use_lora"] is False
 
 
 def test_sdxl_reasons_give_the_memory_figures():
@@ -89,6 +98,18 @@ def test_sdxl_reasons_give_the_memory_figures():
     _, reasons = recommend(24, 10, "SDXL", True, False)
     assert any(line.startswith("optimizer = 8bit AdamW, fused_backward_pass = True") and "15 GB" in line
                for line in reasons)
+
+
+def test_small_vram_proposes_lora_and_says_why():
+    changes, reasons = recommend(4, 10, "v1x", True, False)
+    assert changes["use_lora"] is True
+    why = next(line for line in reasons if line.startswith("use_lora"))
+    assert "6 GB" in why and "4 GB" in why
+
+
+def test_sdxl_low_vram_warns():
+    _, reasons = recommend(8, 10, "SDXL", True, False)
+    assert any(line.startswith("warning") for line in reasons)
 
 
 @pytest.mark.parametrize("args,field", [((-1, 5), "vram_gb"), ((8, 0), "instance_data_dir"),

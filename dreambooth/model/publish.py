@@ -56,9 +56,50 @@ def alternate_vae(model: ModelDir, cfg: TrainConfig):
 
 
 def publish_working(model: ModelDir, cfg: TrainConfig, half: bool | None = None, subdir: bool | None = None) -> Path:
-    """Generate Ckpt from the model's working folder (its latest trained weights)."""
+    """Generate Ckpt from the model's working folder (its latest trained weights), with the chosen LoRA
+    merged in when there is one (see chosen_lora)."""
     model.require()
+    lora = chosen_lora(model, cfg)
+    if lora is not None:
+        return publish_merged(model, cfg, lora, half, subdir)
     if cfg.revision == 0:
         raise DreamboothError(f"model '{model.name}' has not been trained yet: train it before Generate Ckpt",
                               field="model_name")
     return export_checkpoint(model, cfg, cfg.revision, None, half, subdir)
+
+
+def chosen_lora(model: ModelDir, cfg: TrainConfig) -> Path | None:
+    """The LoRA Generate Ckpt merges: lora_model_name when set; with use_lora and none chosen, this model's
+    newest LoRA file; else None (a plain export)."""
+    from .lora_files import newest_model_lora, resolve_lora_file
+
+    if cfg.lora_model_name.strip():
+        return resolve_lora_file(cfg.lora_model_name, model)
+    if not cfg.use_lora:
+        return None
+    newest = newest_model_lora(model, cfg)
+    if newest is None:
+        raise DreamboothError(f"model '{model.name}' has no LoRA file yet: train it with use_lora, or choose a "
+                              "Lora Model to merge", field="lora_model_name")
+    return newest
+
+
+def publish_merged(model: ModelDir, cfg: TrainConfig, lora: Path, half: bool | None = None,
+                   subdir: bool | None = None) -> Path:
+    """`NAME_<revision>_lora[_half]`: the base (working/) + lora_weight × the LoRA's change, every layer of
+    the LoRA accounted for."""
+    from ..convert.diffusers_io import load_components, text_encoder_state_dict
+    from ..convert.lora_kohya import TEXT_PREFIX, UNET_PREFIX, merge_into, read_lora_file, split_layers
+
+    layers = split_layers(read_lora_file(lora)[0])
+    unet, _vae, text_encoder, _tokenizer, _scheduler = load_components(model.working)
+    merged = merge_into(unet.state_dict(), UNET_PREFIX, layers, cfg.lora_weight)
+    merged |= merge_into(text_encoder_state_dict(text_encoder), TEXT_PREFIX, layers, cfg.lora_weight)
+    unmatched = sorted(set(layers) - merged)
+    if unmatched:
+        raise DreamboothError(f"LoRA {lora.name} does not fit model '{model.name}': {len(unmatched)} of its layers "
+                              f"match no layer here (e.g. {unmatched[0]}); choose a LoRA trained on this base",
+                              field="lora_model_name")
+    out = export_checkpoint(model, cfg, cfg.revision, {"unet": unet, "text_encoder": text_encoder}, half, subdir,
+                            suffix="_lora")
+    return out

@@ -5,7 +5,7 @@ package already imported) the adapter asks the host. This is the only module tha
 and every WebUI import stays inside a function (nothing here slows the WebUI's start).
 
 Host APIs used (host-webui.md): modules.paths_internal.models_path; modules.shared.cmd_opts
-(.dreambooth_tab_models_path from preload.py, .ckpt_dir, .api_auth), shared.opts.<key>; modules.sd_models (.model_path,
+(.dreambooth_tab_models_path from preload.py, .ckpt_dir, .lora_dir, .api_auth), shared.opts.<key>; modules.sd_models (.model_path,
 .list_models(), .checkpoints_list, .model_data.sd_model, .unload_model_weights(),
 .send_model_to_device(), .reload_model_weights()); modules.call_queue.queue_lock.
 Never shared.sd_model: reading it starts a model load.
@@ -80,6 +80,16 @@ def checkpoint_dir() -> Path:
 
         return Path(sd_models.model_path).resolve()
     return models_root() / "Stable-diffusion"
+
+
+def lora_dir() -> Path:
+    """The WebUI's Lora folder, where txt2img's Lora tab lists LoRA files: its --lora-dir when given (the
+    built-in Lora extension's flag), else <models root>/Lora (also standalone)."""
+    if is_hosted() and not os.environ.get(MODELS_DIR_ENV, "").strip():
+        flag = _cmd_opt("lora_dir")
+        if flag:
+            return Path(flag).expanduser().resolve()
+    return models_root() / "Lora"
 
 
 def refresh_checkpoints() -> None:

@@ -42,9 +42,10 @@ def remove_model_temps(folder: Path) -> list[Path]:
 
 
 def remove_checkpoint_temps(checkpoint_dir: Path, model_name: str) -> list[Path]:
-    """Remove the temporary checkpoint files of `model_name` (`.<name>_<step>[_ema].<ext>.<random>.tmp…`)
-    from the checkpoint folder and its `<name>/` subfolder; other models' files are not touched."""
-    pattern = re.compile(rf"^\.{re.escape(model_name)}_\d+(_ema)?\.(safetensors|ckpt)\..+")
+    """Remove the temporary checkpoint files of `model_name` (`.<name>_<step>[_ema|_lora][_half].<ext>.<random>.tmp…`)
+    from the checkpoint folder (or the Lora folder) and its `<name>/` subfolder; other models' files are not
+    touched."""
+    pattern = re.compile(rf"^\.{re.escape(model_name)}_\d+(_ema|_lora)?(_half)?\.(safetensors|ckpt)\..+")
     removed = []
     for folder in (Path(checkpoint_dir), Path(checkpoint_dir) / model_name):
         if not folder.is_dir():
@@ -66,7 +67,9 @@ def remove_create_temps(model_folder: Path) -> list[Path]:
     return found
 
 
-def remove_stale_temps(model_folder: Path, checkpoint_dir: Path, model_name: str) -> list[Path]:
-    """All of the above for one model; call only while holding the model's lock."""
+def remove_stale_temps(model_folder: Path, checkpoint_dir: Path, model_name: str,
+                       lora_dir: Path | None = None) -> list[Path]:
+    """All of the above for one model (its LoRA files in `lora_dir` too); call only while holding its lock."""
     removed = remove_model_temps(model_folder) if Path(model_folder).is_dir() else []
+    removed += remove_checkpoint_temps(lora_dir, model_name) if lora_dir is not None else []
     return removed + remove_create_temps(model_folder) + remove_checkpoint_temps(checkpoint_dir, model_name)

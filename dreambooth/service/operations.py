@@ -60,7 +60,7 @@ def locked(model: ModelDir, action: str, log: Callable[[str], None] = _warn) -> 
         yield
         return
     with model_lock(model.path, action):
-        removed = remove_stale_temps(model.path, host.checkpoint_dir(), model.name)
+        removed = remove_stale_temps(model.path, host.checkpoint_dir(), model.name, host.lora_dir())
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by an interrupted run: "
                 + ", ".join(p.name for p in removed[:5]) + (" …" if len(removed) > 5 else ""))
@@ -156,12 +156,17 @@ def train_model(name: str, cfg: TrainConfig | None = None, control=None, resume:
         return Trainer(model, cfg, control, resume).run()
 
 
-def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = None) -> Path:
+def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = None,
+                  overrides: dict | None = None) -> Path:
+    """`overrides`: parameters as on screen or in the request (e.g. lora_model_name, lora_weight), checked
+    like any other value and not saved."""
     from ..model.publish import publish_working
 
     model = model_dir(name).require()
     with locked(model, "Generate Ckpt"):
         cfg, _ = load_config(model.config_file)
+        for key, value in (overrides or {}).items():
+            cfg.set(key, value)
         return publish_working(model, cfg, half, subdir)
 
 

@@ -7,6 +7,8 @@ alternate reference/trainer (ABBA order) with the median of the paired ratios re
 shared machine drift by ±10%. The last line printed is one JSON object; `--out` writes the same record.
 
 `--scaling` adds the trainer at 8, 64 and 512 images (time per image, peak RSS) and sampling time per image.
+`--lora` adds a LoRA run of the trainer (use_lora, the registry's LoRA defaults) to each pair, next to the
+trainer's full fine-tune run: samples/s, peak RSS (and VRAM) and the median paired ratios LoRA / full.
 """
 from __future__ import annotations
 
@@ -253,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a trainer parameter for the trainer runs (e.g. mixed_precision=bf16)")
     parser.add_argument("--scaling", action="store_true", help="also time the trainer at 8, 64 and 512 images")
+    parser.add_argument("--lora", action="store_true",
+                        help="also compare the trainer's LoRA run (use_lora) with its full fine-tune, in pairs")
     parser.add_argument("--scaling-sizes", default=",".join(map(str, SCALING_SIZES)), help=argparse.SUPPRESS)
     parser.add_argument("--sample-steps", type=int, default=20, help="sampling steps for --scaling (default 20)")
     parser.add_argument("--workdir", type=Path, help="keep the generated model and images here (default: temp)")
@@ -301,14 +305,16 @@ def _run(args, root: Path, log) -> int:
         f"{args.resolution} px, preset {args.preset}, gradient checkpointing "
         f"{'on' if base['gradient_checkpointing'] else 'off'} in both, device {device} ({device_name}), "
         f"{args.threads or torch.get_num_threads()} torch threads per run, load average {load_before[0]:.2f}")
-    reference, trainer, speedups, rss_ratios = [], [], [], []
+    reference, trainer, lora, speedups, rss_ratios = [], [], [], [], []
     for pair in range(args.pairs):
         order = ("reference", "trainer") if pair % 2 == 0 else ("trainer", "reference")
+        if args.lora:  # beside the trainer's run, alternating sides like the race itself
+            order = order + ("lora",) if pair % 2 == 0 else ("lora",) + order
         results = {}
         for kind in order:
-            spec = dict(base, kind=kind)
-            if kind == "trainer":
-                spec["set"] = args.set
+            spec = dict(base, kind="reference" if kind == "reference" else "trainer")
+            if kind != "reference":
+                spec["set"] = list(args.set) + (["use_lora=true"] if kind == "lora" else [])
             results[kind] = run_worker(spec)
             r = results[kind]
             vram = f", peak VRAM {r['peak_vram_mb']:.0f} MB" if r["peak_vram_mb"] else ""
@@ -316,6 +322,8 @@ def _run(args, root: Path, log) -> int:
                 f"{r['s_per_step'] * 1000:6.1f} ms/step, peak RSS {r['peak_rss_mb']:.0f} MB{vram}")
         reference.append(results["reference"])
         trainer.append(results["trainer"])
+        if args.lora:
+            lora.append(results["lora"])
         speedups.append(results["trainer"]["samples_per_s"] / results["reference"]["samples_per_s"])
         rss_ratios.append(results["trainer"]["peak_rss_mb"] / results["reference"]["peak_rss_mb"])
     load_after = os.getloadavg()
@@ -356,6 +364,8 @@ def _run(args, root: Path, log) -> int:
               "versions": _versions()}
     if args.scaling:
         record["scaling"] = _scaling(args, root, base, log)
+    if args.lora:
+        record["lora"] = _lora_summary(trainer, lora, log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {args.out}")
@@ -388,6 +398,29 @@ def _scaling(args, root: Path, base: dict, log) -> dict:
             f"{_fmt(row['sample_s_per_image'], '.3f'):>15s}")
     return {"rows": rows, "max_time_change": max(abs(r["time_vs_first"]) for r in rows),
             "max_rss_growth": max(r["rss_vs_first"] for r in rows)}
+
+
+def _lora_summary(full: list[dict], lora: list[dict], log) -> dict:
+    """The trainer's LoRA runs against its full fine-tune runs of the same pairs (same model, images, steps
+    and batch): each side's medians and the median paired ratios LoRA / full."""
+    speed = [l["samples_per_s"] / f["samples_per_s"] for f, l in zip(full, lora)]
+    rss = [l["peak_rss_mb"] / f["peak_rss_mb"] for f, l in zip(full, lora)]
+    vram = [l["peak_vram_mb"] / f["peak_vram_mb"] for f, l in zip(full, lora) if l["peak_vram_mb"] and f["peak_vram_mb"]]
+    summary = {kind: {key: _median([r[key] for r in rows]) for key in ("samples_per_s", "s_per_step", "peak_rss_mb",
+                                                                        "peak_vram_mb")}
+               for kind, rows in (("full", full), ("lora", lora))}
+    result = {**summary, "speed_ratio": round(statistics.median(speed), 3),
+              "rss_ratio": round(statistics.median(rss), 3), "rss_ratios": [round(r, 3) for r in rss],
+              "vram_ratio": round(statistics.median(vram), 3) if vram else None}
+    log("")
+    log(f"LoRA vs full fine-tune (the trainer, use_lora on and off, {len(lora)} pair(s)):")
+    log(f"{'':5s} {'samples/s':>10s} {'peak RSS MB':>12s} {'peak VRAM MB':>13s}   (medians)")
+    for kind in ("full", "lora"):
+        s = summary[kind]
+        log(f"{kind:5s} {s['samples_per_s']:10.2f} {s['peak_rss_mb']:12.0f} {_fmt(s['peak_vram_mb'], '.0f'):>13s}")
+    log(f"LoRA / full: samples/s {result['speed_ratio']:.2f}x, peak RSS {result['rss_ratio']:.3f} "
+        f"[{', '.join(f'{r:.3f}' for r in rss)}]" + (f", peak VRAM {result['vram_ratio']:.3f}" if vram else ""))
+    return result
 
 
 def _versions() -> dict:

@@ -106,6 +106,12 @@ class Trainer:
             set_state=lambda state: control.update(state=state, detail=""),
             canceled=control.cancel_requested.is_set, progress=self._detail)
         self.training_set = prepare_training_set(preparation, concepts, pairs)
+        self.lora = None  # LoRA adapters are attached after the class images: those come from the base
+        if cfg.use_lora:
+            from .lora_run import start_lora
+
+            self.lora = start_lora(self.model, cfg, models, cfg.stop_text_encoder > 0, accelerator.mixed_precision,
+                                   self.training_set, self.log)
         self._offload_frozen(text_encoder_frozen)
         self.first_captions = {}  # each concept's first caption: the default sample prompt
         for item in self.training_set.items:
@@ -122,12 +128,15 @@ class Trainer:
                      f"{cfg.train_batch_size} × accumulation {cfg.gradient_accumulation_steps} × "
                      f"{accelerator.num_processes} process(es)): {self.learning_rates[0]:g}, text encoder "
                      f"{self.learning_rates[1]:g}")
-        if self.text_encoder_training:
-            set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
-            if cfg.freeze_clip_normalization:
-                freeze_clip_norms(models.text_encoder)
-        groups = optimizer_groups(cfg, models.unet, models.text_encoder, self.learning_rates,
-                                  self.text_encoder_training)
+        if self.lora is not None:
+            groups = self.lora.param_groups(self.learning_rates)
+        else:
+            if self.text_encoder_training:
+                set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
+                if cfg.freeze_clip_normalization:
+                    freeze_clip_norms(models.text_encoder)
+            groups = optimizer_groups(cfg, models.unet, models.text_encoder, self.learning_rates,
+                                      self.text_encoder_training)
         optimizer = build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         self.schedule = spec_from_config(cfg, self.plan.total_steps)
         self.lr_scheduler = build_lr_scheduler(optimizer, self.schedule)
@@ -136,14 +145,19 @@ class Trainer:
             self.fused = FusedBackward(optimizer, cfg.max_grad_norm)
             self.log("fused backward pass: each weight is stepped and its gradient freed during the backward pass"
                      + (f" (max_grad_norm {cfg.max_grad_norm:g} clips each tensor)" if cfg.max_grad_norm > 0 else ""))
-        if self.text_encoder_training:
+        if self.lora is not None:  # the adapters' gradients are the ones to average across processes
+            from .lora import AdaptedUNet
+
+            self.unet, self.optimizer = accelerator.prepare(AdaptedUNet(models.unet, self.lora.network), optimizer)
+            self.text_encoder = models.text_encoder
+        elif self.text_encoder_training:
             self.unet, self.text_encoder, self.optimizer = accelerator.prepare(models.unet, models.text_encoder,
                                                                                optimizer)
         else:
             self.unet, self.optimizer = accelerator.prepare(models.unet, optimizer)
             self.text_encoder = models.text_encoder
         self.ema = None
-        if cfg.use_ema:
+        if cfg.use_ema and self.lora is None:
             every = resolve_update_every(cfg.ema_update_every, cfg.ema_on_cpu, self.device)
             self.ema = EMA(models.unet, cfg.ema_decay, cfg.ema_on_cpu, every)
             self.log(f"EMA of the UNet: decay up to {cfg.ema_decay:g} with warm-up, updated every {every} step(s)"
@@ -182,9 +196,9 @@ class Trainer:
     def _restore(self) -> None:
         from .resume import restore
 
-        counters = restore(self.model, self.cfg, self.accelerator.unwrap_model(self.unet), self.models.text_encoder,
+        counters = restore(self.model, self.cfg, self.models.unet, self.models.text_encoder,
                            self.ema, self.optimizer, self.lr_scheduler, self.generator, self.learning_rates,
-                           self.log)
+                           self.log, adapters=self.lora.network if self.lora else None)
         self.seed = counters.seed
         self.global_step = counters.global_step
         self.start_revision = counters.start_revision
@@ -252,6 +266,8 @@ class Trainer:
         if self.text_encoder_training and epoch >= self.text_encoder_epochs:
             self.text_encoder_training = False
             set_text_encoder_trainable(self.models.text_encoder, False, False)
+            if self.lora is not None:
+                self.lora.stop_text_training()
             self.training_set.cache_text(self.models.text_encoder, self.cfg.clip_skip)  # its outputs are fixed now
             self.log(f"text encoder frozen after {epoch} epoch(s) (stop_text_encoder {self.cfg.stop_text_encoder})")
         for group_index, group in enumerate(groups):
@@ -311,7 +327,9 @@ class Trainer:
         """(UNet, text encoder) parameters being trained; rebuilt only when the text encoder freezes,
         since walking the modules every step costs a few milliseconds."""
         key = self.text_encoder_training
-        if self._params_for != key:
+        if self._params_for != key and self.lora is not None:  # the adapters only, never the frozen base
+            self._params, self._params_for = self.lora.trained_parameters(key), key
+        elif self._params_for != key:
             unet = [p for p in self.unet.parameters() if p.requires_grad]
             text_encoder = [p for p in self.text_encoder.parameters() if p.requires_grad] \
                 if self.text_encoder_training else []
@@ -476,7 +494,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             state = SaveInputs(
                 model=self.model, cfg=self.cfg, revision=self.revision,
-                unet=self.accelerator.unwrap_model(self.unet), vae=self.models.vae,
+                unet=self.models.unet, vae=self.models.vae, lora=self.lora,
                 text_encoder=self.models.text_encoder, text_encoder_trained=self.text_encoder_epochs > 0,
                 frozen_cast=self.frozen_cast, ema=self.ema, optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler, generator=self.generator, resume_state=self.snapshot_state(),
@@ -503,7 +521,7 @@ class Trainer:
         self.control.update(state="sampling", detail="")
         preview = PreviewInputs(
             model=self.model, cfg=self.cfg, concepts=self.concepts, first_captions=self.first_captions,
-            unet=self.accelerator.unwrap_model(self.unet), models=self.models, ema=self.ema, revision=self.revision,
+            unet=self.models.unet, models=self.models, ema=self.ema, revision=self.revision,
             step=self.global_step, device=self.device, autocast=self.accelerator.autocast, log=self.log,
             progress=self._detail)
         with self._frozen_on_device():

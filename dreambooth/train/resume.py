@@ -19,9 +19,11 @@ class ResumedCounters:
 
 
 def restore(model: ModelDir, cfg: TrainConfig, unet, text_encoder, ema, optimizer, lr_scheduler, generator,
-            learning_rates: list[float], log: Callable[[str], None]) -> ResumedCounters:
+            learning_rates: list[float], log: Callable[[str], None], adapters=None) -> ResumedCounters:
     """Load the newest snapshot into the given (plain, unwrapped) modules and training state;
-    `learning_rates` are the [UNet, text encoder] rates this run trains at (scale_lr applied)."""
+    `learning_rates` are the [UNet, text encoder] rates this run trains at (scale_lr applied);
+    `adapters`: the LoRA network of a use_lora run (its snapshots hold only the adapters)."""
+    from .lora_run import restore_adapters
     from .snapshot import latest_snapshot, load_snapshot
 
     path = latest_snapshot(model.snapshots, model.older_snapshots)
@@ -29,7 +31,8 @@ def restore(model: ModelDir, cfg: TrainConfig, unet, text_encoder, ema, optimize
         raise DreamboothError(f"no snapshot to resume in {model.snapshots}: train without --resume")
     snap = load_snapshot(path)
     state = snap["state"]
-    unet.load_state_dict(snap["weights"]["unet"])
+    if not restore_adapters(adapters, snap["weights"], path.name):
+        unet.load_state_dict(snap["weights"]["unet"])
     if "text_encoder" in snap["weights"]:
         from ..convert.diffusers_io import load_text_encoder_weights
 

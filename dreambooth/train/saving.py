@@ -30,7 +30,11 @@ class SaveInputs:
     resume_state: dict             # the counters a snapshot needs to continue exactly
     save_config: Callable[[], None]
     log: Callable[[str], None]
+<<<<<<< HEAD
     progress: Callable[[str], None] = lambda text: None  # what is being written now (the status line)
+=======
+    lora: object | None = None     # train.lora_run.LoraRun: the save writes the LoRA file, not a checkpoint
+>>>>>>> lora
 
 
 @dataclass
@@ -60,6 +64,10 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
     from ..model.publish import export_checkpoint
     from .snapshot import save_snapshot
 
+    if state.lora is not None:  # working/ keeps the base; the LoRA file is this run's checkpoint
+        from .lora_run import save_lora_state
+
+        return save_lora_state(state, want_checkpoint, want_snapshot)
     model, cfg, unet, text_encoder = state.model, state.cfg, state.unet, state.text_encoder
     state.progress("writing working weights")
     with atomic_dir(model.working / "unet", need=tensor_bytes(unet.state_dict())) as tmp:

@@ -73,6 +73,8 @@ def learning_rate_factor(cfg, processes: int) -> int:
 def learning_rates(cfg, processes: int) -> list[float]:
     """[UNet, text encoder] learning rates as the optimizer gets them."""
     factor = learning_rate_factor(cfg, processes)
+    if cfg.use_lora:
+        return [cfg.lora_learning_rate * factor, cfg.lora_txt_learning_rate * factor]
     return [cfg.learning_rate * factor, cfg.txt_learning_rate * factor]
 
 
@@ -83,7 +85,7 @@ def spec_from_config(cfg, total_steps: int) -> ScheduleSpec:
         warmup_steps=cfg.lr_warmup_steps,
         cycles=cfg.lr_cycles,
         power=cfg.lr_power,
-        min_ratio=cfg.learning_rate_min / cfg.learning_rate,
+        min_ratio=cfg.learning_rate_min / (cfg.lora_learning_rate if cfg.use_lora else cfg.learning_rate),
         factor=cfg.lr_factor,
         scale_pos=cfg.lr_scale_pos,
     )

@@ -20,6 +20,7 @@ from ..store import model_dir
 MAX_CONCEPTS = 4
 # Fields the tab shows as widgets (hidden bookkeeping and the concepts list have their own place).
 WIDGET_FIELDS = tuple(f for f in FIELDS if not f.hidden and f.name != "concepts_list")
+LORA_MERGE_FIELDS = ("use_lora", "lora_model_name", "lora_weight")  # what Generate Ckpt takes from the screen
 
 
 def concept_key(index: int, name: str) -> str:
@@ -222,7 +223,9 @@ def generate_ckpt(model: str, values: dict | None = None) -> str:
     model = _require_model(model)
     values = values or {}
     with runner().exclusive("checkpoint", model) as job:
-        path = operations.generate_ckpt(model, half=values.get("half_model"), subdir=values.get("use_subdir"))
+        lora = {key: values[key] for key in LORA_MERGE_FIELDS if key in values}  # the LoRA as chosen on screen
+        path = operations.generate_ckpt(model, half=values.get("half_model"), subdir=values.get("use_subdir"),
+                                        overrides=lora)
         job.control.update(checkpoints=[str(path)])  # the export refreshed the WebUI's list
     runner().note(f"checkpoint written: {path}")
     return f"checkpoint written: {path} (select it in txt2img)"
@@ -363,6 +366,18 @@ def source_choices() -> list[str]:
         except ValueError:
             names.append(str(path))
     return names
+
+
+def lora_choices(model: str | None = None) -> list[str]:
+    """The Lora Model selector: "" (none), then the LoRA files of the Lora folder and the model's lora/."""
+    from ..model.lora_files import list_lora_files
+    from ..store import model_dir
+
+    try:
+        folder = model_dir(model) if model else None
+    except DreamboothError:
+        folder = None
+    return [""] + list_lora_files(folder)
 
 
 def model_choices() -> list[str]:

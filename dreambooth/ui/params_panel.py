@@ -18,6 +18,10 @@ def field_widget(field: Field, elem_id: str):
         return gr.Checkbox(value=field.default, **common)
     if field.choices:
         return gr.Dropdown(choices=list(field.choices), value=field.default, **common)
+    if field.name == "lora_model_name":  # files of the Lora folder; a saved name not (yet) there still loads
+        from .handlers import lora_choices
+
+        return gr.Dropdown(choices=lora_choices(), value=field.default, allow_custom_value=True, **common)
     if field.kind in (int, float):  # no precision=0: 2.7 epochs is refused with a message, never rounded
         return gr.Number(value=field.default, **common)
     lines = 3 if field.name in ("concepts_path",) or "prompt" in field.name else 1

@@ -92,6 +92,8 @@ class Tab:
                                               elem_id="dbt_wizard_vram", info="Used only without a CUDA "
                                               "device (CPU/MPS); 0 = train on the CPU.")
                         self.widgets.update(build_params_panel())
+                        self.refresh_loras = gr.Button("🔄 Refresh the Lora Model list", size="sm",
+                                                       elem_id="dbt_refresh_loras")
                     with gr.Tab("Concepts", id="dbt_concepts_tab"):
                         self.widgets.update(build_concepts_panel())
             with gr.Column(scale=2, elem_id="dbt_output_col"):
@@ -231,6 +233,10 @@ class Tab:
         compat.event(self.refresh_sources.click,
                      lambda: gr.update(choices=handlers.source_choices()), None, [self.source])
         compat.event(self.model.change, on_model, everything | {self.shown}, view + [self.shown] + widget_outputs)
+        lora = self.widgets["lora_model_name"]  # its choices: the Lora folder and the selected model's lora/
+        for trigger in (self.model.change, self.refresh_loras.click):
+            compat.event(trigger, lambda model: gr.update(choices=handlers.lora_choices(model)), [self.model], [lora])
+        compat.event(blocks.load, lambda: gr.update(choices=handlers.lora_choices()), None, [lora])
         # the tab is built once per server start: a page (re)load lists the models and checkpoints made since
         compat.event(blocks.load, lambda: (gr.update(**handlers.model_choices_on_load()),
                                            gr.update(choices=handlers.source_choices())), None,

@@ -2,7 +2,9 @@
 import sys
 import types
 
-cmd_opts = types.SimpleNamespace(dreambooth_tab_models_path=None, ckpt_dir=None, api_auth=None, ckpt=None)
+# lora_dir: the built-in Lora extension's --lora-dir (the real default is <models>/Lora; None tests the fallback)
+cmd_opts = types.SimpleNamespace(dreambooth_tab_models_path=None, ckpt_dir=None, api_auth=None, ckpt=None,
+                                 lora_dir=None)
 lazy_load_attempts = 0  # reading shared.sd_model counts here: the extension must never do it
 
 
