@@ -30,11 +30,8 @@ class SaveInputs:
     resume_state: dict             # the counters a snapshot needs to continue exactly
     save_config: Callable[[], None]
     log: Callable[[str], None]
-<<<<<<< HEAD
     progress: Callable[[str], None] = lambda text: None  # what is being written now (the status line)
-=======
     lora: object | None = None     # train.lora_run.LoraRun: the save writes the LoRA file, not a checkpoint
->>>>>>> lora
 
 
 @dataclass
