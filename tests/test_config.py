@@ -109,12 +109,6 @@ def test_good_model_name():
     assert check_model_name(" my model_v1.2 ") == "my model_v1.2"
 
 
-# The keys branch "lora" adds (issue 13, section 1); until then they are reported like the README's table.
-OLDER_LORA_KEYS = {"use_lora", "use_lora_extended", "lora_learning_rate", "lora_txt_learning_rate", "lora_unet_rank",
-                   "lora_txt_rank", "lora_weight", "lora_model_name", "lora_use_buggy_requires_grad",
-                   "save_lora_during", "save_lora_after", "save_lora_cancel", "save_lora_for_extra_net"}
-
-
 def _readme_unsupported_keys() -> set[str]:
     import re
     from pathlib import Path
@@ -131,7 +125,7 @@ def test_a_whole_older_extension_file_reports_only_the_readme_table_as_unknown()
     cfg, warnings = config_from_dict(data)
     table = _readme_unsupported_keys()
     assert {"noise_scheduler", "ema_predict"} <= table
-    assert set(cfg.extras) - OLDER_LORA_KEYS == table
+    assert set(cfg.extras) == table  # the LoRA keys included: read as the LoRA settings, or in the table
     assert sum("unknown key" in w for w in warnings) == 1  # in one line
     # the section-2 settings are read with their older meaning (and older value names)
     assert (cfg.scheduler, cfg.attention, cfg.max_token_length, cfg.sanity_seed, cfg.prior_loss_target) == \
