@@ -486,3 +486,26 @@ def test_backward_runs_outside_autocast(tiny_model, one_image):
     trainer._prepare = prepare_then_watch
     trainer.run()
     assert seen and not any(seen), seen
+
+
+def test_forward_autocast_keeps_no_weight_cache(tiny_model, one_image):
+    pytest.importorskip("accelerate.utils", reason="accelerate").__dict__.get("AutocastKwargs") or pytest.skip(
+        "accelerate before 0.22 has no AutocastKwargs")
+    seen = []
+    trainer = Trainer(tiny_model, quick_config(one_image, num_train_epochs=1, mixed_precision="bf16",
+                                               gradient_checkpointing=True))
+    original = trainer._prepare
+
+    def prepare_then_watch():
+        original()
+        trainer.models.unet.conv_in.register_forward_pre_hook(
+            lambda module, args: seen.append((torch.is_autocast_cache_enabled(), _autocast_on())))
+    trainer._prepare = prepare_then_watch
+    trainer.run()
+    assert seen and all(on for _, on in seen)  # the forward ran under autocast,
+    assert not any(cached for cached, _ in seen), seen  # without the weight cache
+
+
+def _autocast_on() -> bool:
+    check = getattr(torch, "is_autocast_cpu_enabled", None)
+    return check() if check is not None else torch.is_autocast_enabled("cpu")
