@@ -121,12 +121,11 @@ def _trainer_config(spec: dict):
     return cfg
 
 
-def low_memory_settings(images: int) -> dict:
+def low_memory_settings(images: int, bnb_available: bool) -> dict:
     """The Performance Wizard's lowest-memory settings (its smallest GPU, 6 GB), for the memory race."""
-    from .bench_reference import adam8bit_class
     from ..wizard import recommend
 
-    changes, _ = recommend(6, images, "v1x", bnb_available=adam8bit_class() is not None)
+    changes, _ = recommend(6, images, "v1x", bnb_available=bnb_available)
     keep = ("mixed_precision", "optimizer", "gradient_checkpointing", "stop_text_encoder", "use_ema",
             "fused_backward_pass", "gradient_accumulation_steps")
     return {key: changes[key] for key in keep if key in changes}
@@ -296,10 +295,11 @@ def _run(args, root: Path, log) -> int:
                 resolution=args.resolution, seed=args.seed, threads=args.threads,
                 gradient_checkpointing=args.gradient_checkpointing or low_memory, low_memory=low_memory)
     if low_memory:
-        base["low_memory_settings"] = low_memory_settings(args.images)
+        adam8bit = adam8bit_class() is not None  # probed once: it runs an optimizer step
+        base["low_memory_settings"] = low_memory_settings(args.images, adam8bit)
         log(f"low-memory race: trainer with the Wizard's settings {base['low_memory_settings']}; reference with "
             "gradient checkpointing, set-grads-to-none and "
-            + ("8-bit AdamW" if adam8bit_class() is not None else "AdamW (bitsandbytes does not run here)"))
+            + ("8-bit AdamW" if adam8bit else "AdamW (bitsandbytes does not run here)"))
     load_before = os.getloadavg()
     log(f"{args.pairs} pairs of runs, {args.steps} steps each ({args.warmup} warm-up), batch {args.batch}, "
         f"{args.resolution} px, preset {args.preset}, gradient checkpointing "
