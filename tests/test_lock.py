@@ -42,7 +42,7 @@ def test_two_cli_trains_one_refused(tiny_model, demo_images, models_root, capsys
                              stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 180
-        while modellock.holder(tiny_model.path) is None:
+        while "by pid" not in (modellock.holder(tiny_model.path) or ""):  # locked, and its details written
             assert first.poll() is None and time.time() < deadline, first.stderr.read()[-2000:]
             time.sleep(0.2)
         capsys.readouterr()
@@ -129,3 +129,21 @@ def test_ckpt_during_training_goes_to_the_trainer(tiny_model, monkeypatch):
     finally:
         release.set()
         runner().wait(30)
+
+
+@pytest.mark.skipif(modellock.fcntl is None, reason="flock is POSIX-only")
+def test_refusal_waits_for_a_new_holders_details(tmp_path):
+    """A holder that has just taken the lock writes its details a moment later: the refusal names it anyway."""
+    code = ("import fcntl, json, os, sys, time\n"
+            f"fd = os.open({str(tmp_path / modellock.LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(0.4)\n"
+            "os.write(fd, json.dumps({'pid': os.getpid(), 'action': 'train', 'host': 'h', 'since': 0}).encode())\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(modellock.ModelBusyError, match=rf"busy: train by pid {proc.pid} "):
+            modellock.check_free(tmp_path)
+    finally:
+        proc.kill()
+        proc.wait(30)

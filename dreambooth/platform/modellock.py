@@ -94,8 +94,18 @@ def describe_holder(info: dict) -> str:
     return f"{info.get('action', 'a job')} by pid {info['pid']}{here} on {info.get('host', '?')} since {when}"
 
 
+def _holder_details(path: Path, wait_s: float = 1.0) -> dict:
+    """The holder's details; a holder that has just taken the lock writes them a moment later, so wait a little."""
+    deadline = time.monotonic() + wait_s
+    info = _read_info(path)
+    while not info.get("pid") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        info = _read_info(path)
+    return info
+
+
 def _busy(name: str, path: Path) -> ModelBusyError:
-    return ModelBusyError(f"model '{name}' is busy: {describe_holder(_read_info(path))}. Wait for it to finish "
+    return ModelBusyError(f"model '{name}' is busy: {describe_holder(_holder_details(path))}. Wait for it to finish "
                           f"(or stop that process); the lock ({path}) is released when its holder exits")
 
 
@@ -133,7 +143,7 @@ def holder(folder: Path) -> str | None:
         if _try_lock(fd):
             _unlock(fd)
             return None
-        return describe_holder(_read_info(path))
+        return describe_holder(_holder_details(path))
     finally:
         os.close(fd)
 
