@@ -13,13 +13,15 @@ from pathlib import Path
 from ..config import TrainConfig, save_config
 from ..monitor import charts
 from ..monitor.metrics import MetricsLog, memory_mb
+from ..platform.cpu_memory import return_freed_memory
 from ..store import ModelDir
 from .control import TrainControl
 from .plan import TrainPlan, plan_from_config, shard_groups
 from .schedulers import build_lr_scheduler, learning_rate_factor, learning_rates, spec_from_config
 from .ema import EMA, resolve_update_every
 from .fused_backward import FusedBackward, check_fused_backward
-from .setup import (cast_frozen, load_models, make_accelerator, offload_device, pick_seed,
+from .parking import PARKING_FOLDER, FrozenParking, parking_place
+from .setup import (cast_frozen, load_models, make_accelerator, pick_seed,
                     set_text_encoder_trainable, text_encoder_epochs)
 from .pace import TrainingPace
 from .step import StepInputs, micro_batch_loss
@@ -69,7 +71,7 @@ class Trainer:
         self._params, self._params_for = [], None  # see _trained_parameters
         self._check_every_override = check_every
         self._offload_override = offload
-        self._offloaded: list = []  # (module, its training device) parked in RAM between previews
+        self.parking: FrozenParking | None = None  # where the cached frozen modules wait (after preparation)
 
     # set-up -----------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -90,6 +92,8 @@ class Trainer:
         if cfg.fused_backward_pass:  # refused before the slow preparation when it cannot train this
             check_fused_backward(cfg, accelerator.num_processes, accelerator.mixed_precision)
         self.check_every = self._check_every_override or (1 if self.device.type == "cpu" else LOG_EVERY)
+        if self.device.type == "cpu":
+            return_freed_memory(self.log)
         self.models = models = load_models(self.model, self.device, cfg)
         if not cfg.train_unet:
             freeze_unet(models.unet)
@@ -112,7 +116,7 @@ class Trainer:
 
             self.lora = start_lora(self.model, cfg, models, cfg.stop_text_encoder > 0, accelerator.mixed_precision,
                                    self.training_set, self.log)
-        self._offload_frozen(text_encoder_frozen)
+        self._park_frozen(text_encoder_frozen)
         self.first_captions = {}  # each concept's first caption: the default sample prompt
         for item in self.training_set.items:
             self.first_captions.setdefault(item.concept, item.caption)
@@ -213,6 +217,8 @@ class Trainer:
             finally:
                 if getattr(self, "fused", None) is not None:  # the UNet may outlive this run (tests, the bench)
                     self.fused.remove()
+                if self.parking is not None:
+                    self.parking.close()
 
     def _run(self) -> TrainResult:
         self._prepare()
@@ -499,7 +505,7 @@ class Trainer:
                 frozen_cast=self.frozen_cast, ema=self.ema, optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler, generator=self.generator, resume_state=self.snapshot_state(),
                 save_config=self.save_config, log=self.log, progress=self._detail)
-            with saved_as_fp32(state.unet, self.full_precision):
+            with saved_as_fp32(state.unet, self.full_precision), self._frozen_back(onto_device=False):
                 checkpoint, snapshot = save_training_state(state, want_ckpt, want_state)
             if checkpoint is not None:
                 self.result.checkpoints.append(checkpoint)
@@ -524,37 +530,29 @@ class Trainer:
             unet=self.models.unet, models=self.models, ema=self.ema, revision=self.revision,
             step=self.global_step, device=self.device, autocast=self.accelerator.autocast, log=self.log,
             progress=self._detail)
-        with self._frozen_on_device():
+        with self._frozen_back():
             samples = write_previews(preview)
         self.result.samples.extend(samples)
         self._draw_charts()
         self.control.update(state="training", detail="",
                             samples=[str(p) for p in samples] or self.control.snapshot().samples)
 
-    def _offload_frozen(self, text_encoder_frozen: bool) -> None:
-        """After caching, park the frozen modules whose outputs are cached in RAM until a preview needs them."""
-        cached_latents = self.training_set.cached
+    def _park_frozen(self, text_encoder_frozen: bool) -> None:
+        """After caching, park the frozen modules whose outputs are cached until a preview or save needs them."""
         cached_text = text_encoder_frozen and self.training_set.embeddings is not None
-        parked = []
-        for name, module, cached in (("VAE", self.models.vae, cached_latents),
-                                     ("text encoder", self.models.text_encoder, cached_text)):
-            target = offload_device(self.device, cached, self._offload_override)
-            if target is not None:
-                module.to(target)
-                self._offloaded.append((module, self.device))
-                parked.append(name)
-        if parked:
-            self.log(f"{' and '.join(parked)} moved to RAM after caching (back on the device for previews)")
+        folder = self.model.path / PARKING_FOLDER / f"process{self.accelerator.process_index}"
+        self.parking = FrozenParking(self.device, folder, self.log)
+        self.parking.park([
+            ("VAE", self.models.vae, parking_place(self.device, self.training_set.cached, self._offload_override)),
+            ("text encoder", self.models.text_encoder, parking_place(self.device, cached_text, self._offload_override))])
 
     @contextlib.contextmanager
-    def _frozen_on_device(self):
-        for module, device in self._offloaded:
-            module.to(device)
-        try:
+    def _frozen_back(self, onto_device: bool = True):
+        if self.parking is None:
             yield
-        finally:
-            for module, _ in self._offloaded:
-                module.to("cpu")
+            return
+        with self.parking.back(onto_device):
+            yield
 
     def snapshot_state(self) -> dict:
         return {"seed": self.seed, "optimizer": self.cfg.optimizer, "global_step": self.global_step,

@@ -150,16 +150,6 @@ def cast_frozen(models: Models, mixed_precision: str, text_encoder_frozen: bool)
     return cast
 
 
-def offload_device(device, cached: bool, force: bool | None = None):
-    """Where a frozen module whose outputs are cached waits between previews: the CPU when training on an
-    accelerator (kohya's "VAE to CPU after caching"), else nowhere (None: it already is in RAM).
-    `force` decides it regardless of the device (tests on a CPU)."""
-    import torch
-
-    wanted = (getattr(device, "type", str(device)) != "cpu") if force is None else force
-    return torch.device("cpu") if cached and wanted else None
-
-
 def text_encoder_epochs(stop_ratio: float, epochs: int) -> int:
     """Epochs during which the text encoder trains: the first round(epochs × ratio), at least 1 if asked."""
     if stop_ratio <= 0:
