@@ -20,13 +20,6 @@ COMPONENTS = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_mo
               ("text_encoder_2", "model"))
 
 
-@pytest.fixture(scope="module")
-def sdxl_checkpoint(tmp_path_factory):
-    from dreambooth.model.tiny import write_tiny_checkpoint
-
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("sdxl_source") / "tiny-sdxl.safetensors", preset="tiny-sdxl")
-
-
 def sdxl_weights(folder) -> dict:
     out = {}
     for name, file in COMPONENTS:
