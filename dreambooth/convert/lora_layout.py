@@ -4,8 +4,8 @@ SD 1.x/2.x: kohya trains these on diffusers' UNet, so its files (and ours) name 
 module path, `lora_unet_down_blocks_0_attentions_0_proj_in`, and the text encoder's `lora_te_text_model_…`.
 
 SDXL: kohya trains on the original (LDM) UNet, so SDXL files name a UNet layer by its LDM module path,
-`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`: the WebUI's Lora loader finds SDXL layers only
-under those names (its own modules), and diffusers' loader maps them back to its blocks. The path comes from
+`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`: the WebUI's Lora loader looks SDXL layers up
+under those names (its own module paths), and diffusers' loader maps them back to its blocks. The path comes from
 the name table the single-file export uses (ldm_map.unet_pairs). The text encoders are `lora_te1_…` (CLIP-L)
 and `lora_te2_…` (OpenCLIP-bigG), both in transformers' CLIP module names (`text_model.encoder.layers.0.…`).
 
@@ -81,7 +81,7 @@ class LoraLayout:
             return older_unet[name]
         for old, prefix in _OLDER_SDXL_TEXT:
             if name.startswith(old):
-                rest = name[len(old):]  # transformers 5's CLIPTextModel had no text_model wrapper
+                rest = name[len(old):]  # written under transformers 5, CLIP-L's names lacked text_model
                 return f"{prefix}_{rest if rest.startswith('text_model_') else 'text_model_' + rest}"
         return name
 
