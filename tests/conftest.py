@@ -28,6 +28,14 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sdxl_checkpoint(tmp_path_factory):
+    """The embedded SDXL-shaped tiny checkpoint, as a single file (what a user picks as an SDXL source)."""
+    from dreambooth.model.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("sdxl_source") / "tiny-sdxl.safetensors", preset="tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
 def demo_images(tmp_path_factory):
     from dreambooth.model.tiny import write_demo_images
 

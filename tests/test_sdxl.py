@@ -20,13 +20,6 @@ COMPONENTS = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_mo
               ("text_encoder_2", "model"))
 
 
-@pytest.fixture(scope="module")
-def sdxl_checkpoint(tmp_path_factory):
-    from dreambooth.model.tiny import write_tiny_checkpoint
-
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("sdxl_source") / "tiny-sdxl.safetensors", preset="tiny-sdxl")
-
-
 def sdxl_weights(folder) -> dict:
     out = {}
     for name, file in COMPONENTS:
@@ -182,6 +175,33 @@ def test_size_and_crop_of_a_tall_image(tmp_path, sdxl_parts):
     assert batch.input_ids.shape == (1, 2, 77)  # one row per tokenizer
     square = training_set.batch([by_name["square.png"]], torch.Generator().manual_seed(0))
     assert square.time_ids.tolist() == [[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]
+
+
+def test_hflip_mirrors_the_crop_offset(tmp_path, sdxl_parts):
+    """A 75x64 image in the 64 px square bucket is cut from column 5 of 11 spare ones; mirrored, the same window
+    starts at column 11 - 5 = 6. Each row of a batch carries the offset of the copy it trains on."""
+    from dreambooth.data.sdxl_conditioning import size_and_crop
+    from data_helpers import build
+
+    assert size_and_crop(75, 64, (64, 64)) == (64, 75, 0, 5, 64, 64)
+    assert size_and_crop(75, 64, (64, 64), flipped=True) == (64, 75, 0, 6, 64, 64)
+    for seed in (0, 1):
+        write_image(tmp_path / "imgs" / f"wide{seed}.png", 75, 64, seed=seed, caption="wide")
+    _, pairs = pairs_for(tmp_path / "imgs")
+    training_set = build(pairs, sdxl_parts, hflip=True, enable_buckets=False)
+    bucket = training_set.buckets[0]
+    assert not torch.equal(bucket.mean, bucket.mean_flip)
+    bucket.std, bucket.std_flip = torch.zeros_like(bucket.std), torch.zeros_like(bucket.std_flip)  # latents = means
+    scale = training_set.scaling_factor
+    seen = set()
+    for seed in range(8):
+        batch = training_set.batch([0, 1], torch.Generator().manual_seed(seed))
+        for item, flipped in enumerate(batch.flipped.tolist()):  # keys [0, 1]: row n is item n
+            seen.add(flipped)
+            assert batch.time_ids[item].tolist() == [64.0, 75.0, 0.0, 6.0 if flipped else 5.0, 64.0, 64.0]
+            mean = bucket.mean_flip if flipped else bucket.mean  # the latents of the copy the offset describes
+            assert torch.allclose(batch.latents[item], mean[training_set.places[item][1]] * scale)
+    assert seen == {False, True}
 
 
 @pytest.fixture(scope="module")

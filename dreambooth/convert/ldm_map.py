@@ -83,18 +83,25 @@ def vae_pairs(cfg: dict) -> list[tuple[str, str]]:
     return pairs
 
 
+def renamed(name: str, table: dict[str, str]) -> str | None:
+    """`name` (a key or a module path) with its longest prefix found in `table` replaced; None when none is."""
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        target = table.get(".".join(parts[:n]))
+        if target is not None:
+            return ".".join([target, *parts[n:]])
+    return None
+
+
 def _rename(state_dict: dict, table: dict[str, str], what: str) -> dict:
     out = {}
     unknown = []
     for key, tensor in state_dict.items():
-        parts = key.split(".")
-        for n in range(len(parts) - 1, 0, -1):
-            target = table.get(".".join(parts[:n]))
-            if target is not None:
-                out[".".join([target, *parts[n:]])] = tensor
-                break
-        else:
+        new = renamed(key, table)
+        if new is None:
             unknown.append(key)
+        else:
+            out[new] = tensor
     if unknown:
         raise DreamboothError(f"the {what} weights do not match the expected SD1.x/SD2.x layout "
                               f"(unexpected keys such as {unknown[:3]}): the checkpoint is not a supported model")

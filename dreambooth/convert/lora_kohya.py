@@ -3,10 +3,9 @@
 
 One adapted layer is three tensors under one name: `<name>.lora_down.weight` (rank × in [× k × k]),
 `<name>.lora_up.weight` (out × rank [× 1 × 1]) and `<name>.alpha` (a scalar). The layer's change is
-`alpha / rank × up @ down`. The name is a prefix (`lora_unet`, `lora_te`; SDXL's second text encoder
-would be `lora_te2`) and the diffusers module path with dots as underscores, e.g.
-`lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`. Names are derived from whatever
-module names the model has, so any UNet (SD1, SD2, SDXL) goes through the same code.
+`alpha / rank × up @ down`. The name is a prefix (`lora_unet`, `lora_te`; SDXL's `lora_te1`/`lora_te2`)
+and a module path with dots as underscores, e.g. `lora_unet_down_blocks_0_attentions_0_proj_in`; which
+path (diffusers', or for SDXL the LDM one) lora_layout.py decides.
 
 Safetensors metadata follows kohya's `ss_*` keys (the WebUI shows them), plus our own.
 """
@@ -15,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DreamboothError
 from ..platform.diskspace import tensor_bytes
@@ -22,13 +22,20 @@ from ..platform.fsutil import atomic_path
 
 UNET_PREFIX = "lora_unet"
 TEXT_PREFIX = "lora_te"
-PREFIXES = (UNET_PREFIX, TEXT_PREFIX)
+TEXT_1_PREFIX, TEXT_2_PREFIX = "lora_te1", "lora_te2"  # SDXL's CLIP-L and OpenCLIP-bigG
+TEXT_PREFIXES = (TEXT_PREFIX, TEXT_1_PREFIX, TEXT_2_PREFIX)
+PREFIXES = (UNET_PREFIX,) + TEXT_PREFIXES
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
 
 
 def kohya_name(prefix: str, module_name: str) -> str:
     """`lora_unet` + `down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`."""
     return f"{prefix}_{module_name.replace('.', '_')}"
+
+
+def text_prefix_of(name: str) -> str | None:
+    """The text-encoder prefix a layer name starts with, or None (a UNet layer)."""
+    return next((prefix for prefix in TEXT_PREFIXES if name.startswith(prefix + "_")), None)
 
 
 def split_layers(tensors: dict) -> dict[str, dict]:
@@ -59,16 +66,18 @@ def layer_delta(down, up, alpha, weight_shape):
     return (product * scale).reshape(weight_shape)
 
 
-def merge_into(state_dict: dict, prefix: str, layers: dict[str, dict], weight: float) -> set[str]:
+def merge_into(state_dict: dict, layer_name: Callable[[str], str | None], layers: dict[str, dict],
+               weight: float) -> set[str]:
     """Add `weight` × each layer's delta to the matching `<module>.weight` in `state_dict` (in place: the
-    tensors of a module's state_dict are its parameters). Returns the layer names merged."""
+    tensors of a module's state_dict are its parameters); `layer_name(module)` names a module's layer.
+    Returns the layer names merged."""
     import torch
 
     merged = set()
     for key, tensor in state_dict.items():
         if not key.endswith(".weight"):
             continue
-        name = kohya_name(prefix, key[:-len(".weight")])
+        name = layer_name(key[:-len(".weight")])
         parts = layers.get(name)
         if parts is None:
             continue

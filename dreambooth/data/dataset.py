@@ -26,8 +26,8 @@ with shuffle_tags the captions change per use and `batch` returns fresh input_id
 
 SDXL. The ids hold one row per tokenizer (N, 2, 77), the cache keeps the pooled embedding beside the
 context (`pooled`), and every entry (instance and class image) has its size/crop conditioning in
-`time_ids` (sdxl_conditioning), which the batch hands on; other model families ignore it. With hflip the
-crop offsets stay those of the unmirrored image (a centred crop is symmetric to within a pixel).
+`time_ids` (sdxl_conditioning), which the batch hands on; other model families ignore it. With hflip each
+row gets the crop offset of the copy it trains on (`Batch.flipped`): the mirrored copy's is mirrored too.
 """
 from __future__ import annotations
 
@@ -108,6 +108,7 @@ class Batch:
     prior: object  # bool (B,): True for class images of prior preservation
     pooled: object = None  # SDXL: pooled text embeddings (B, P) cached beside `embeddings`
     time_ids: object = None  # SDXL: (B, 6) original size, crop top-left, target size (sdxl_conditioning)
+    flipped: object = None  # bool (B,): rows trained on the mirrored image (hflip), else None
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
@@ -151,7 +152,7 @@ class TrainingSet:
         self.input_ids = input_ids  # per distinct caption, on the device
         self.embeddings = embeddings  # per distinct caption, or None
         self.pooled = pooled  # SDXL: per distinct caption, beside embeddings
-        self.time_ids = time_ids  # per entry (instance items, then class items): SDXL's size/crop values
+        self.time_ids = time_ids  # (entries, 2, 6), instance items then class items: SDXL's size/crop, plain/mirrored
         self.scaling_factor = scaling_factor
         self.device = device
         self.vae = vae
@@ -218,7 +219,7 @@ class TrainingSet:
             raise ValueError(f"a batch must come from one bucket, got buckets {sorted(bucket_ids)}")
         bucket = self.buckets[bucket_ids.pop()]
         rows = [self.places[i][1] for i in items] + [self.class_places[c][1] for c in classes]
-        latents = self._latents(bucket, rows, generator)
+        latents, flipped = self._latents(bucket, rows, generator)
         ids = [self.caption_index[i] for i in items] + [self.class_caption_index[c] for c in classes]
         pooled = None
         if self.shuffle:
@@ -233,8 +234,10 @@ class TrainingSet:
         input_ids = self.layout.trim(input_ids, used)  # pad_tokens off: up to the batch's longest caption
         embeddings = self.layout.trim(embeddings, used) if embeddings is not None else None
         prior = to_device([False] * len(items) + [True] * len(classes), latents.device)
-        entries = to_device(items + [len(self.items) + c for c in classes], self.time_ids.device)
-        return Batch(latents, embeddings, input_ids, prior, pooled, self.time_ids[entries])
+        device = self.time_ids.device
+        entries = to_device(items + [len(self.items) + c for c in classes], device)
+        copy = flipped.to(device).long() if flipped is not None else 0  # 1: the mirrored image's crop offset
+        return Batch(latents, embeddings, input_ids, prior, pooled, self.time_ids[entries, copy], flipped)
 
     def cache_text(self, text_encoder, clip_skip: int, chunk: int = 64) -> None:
         """Encode every distinct caption once, for the rest of a run whose text encoder has stopped
@@ -255,6 +258,7 @@ class TrainingSet:
         return shuffle_tags(caption, self.keep_tags, random.Random(f"{self.seed}:{key}"))
 
     def _latents(self, bucket: Bucket, rows: list[int], generator):
+        """(scaled latents, which rows are mirrored: bool (B,) or None without hflip)."""
         import torch
 
         from .cache import encode
@@ -275,4 +279,4 @@ class TrainingSet:
                 pixels = torch.where(flip.to(pixels.device)[:, None, None, None], pixels.flip(-1), pixels)
             mean, std = encode(self.vae, pixels, self.device, self.dynamic_norm)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        return (mean + std * noise) * self.scaling_factor
+        return (mean + std * noise) * self.scaling_factor, flip

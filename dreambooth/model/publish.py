@@ -88,13 +88,18 @@ def publish_merged(model: ModelDir, cfg: TrainConfig, lora: Path, half: bool | N
                    subdir: bool | None = None) -> Path:
     """`NAME_<revision>_lora[_half]`: the base (working/) + lora_weight × the LoRA's change, every layer of
     the LoRA accounted for."""
-    from ..convert.diffusers_io import load_components, text_encoder_state_dict
-    from ..convert.lora_kohya import TEXT_PREFIX, UNET_PREFIX, merge_into, read_lora_file, split_layers
+    from functools import partial
 
-    layers = split_layers(read_lora_file(lora)[0])
+    from ..convert.diffusers_io import load_components, text_encoder_state_dict
+    from ..convert.lora_kohya import kohya_name, merge_into, read_lora_file, split_layers
+    from ..convert.lora_layout import layout_for
+
     unet, _vae, text_encoder, _tokenizer, _scheduler = load_components(model.working)
-    merged = merge_into(unet.state_dict(), UNET_PREFIX, layers, cfg.lora_weight)
-    merged |= merge_into(text_encoder_state_dict(text_encoder), TEXT_PREFIX, layers, cfg.lora_weight)
+    layout = layout_for(unet)  # SDXL names its layers by the LDM paths, and by lora_te1/lora_te2
+    layers = layout.current(split_layers(read_lora_file(lora)[0]), [name for name, _ in unet.named_modules()])
+    merged = merge_into(unet.state_dict(), layout.unet_name, layers, cfg.lora_weight)
+    for prefix, encoder in layout.text_encoders(text_encoder).items():
+        merged |= merge_into(text_encoder_state_dict(encoder), partial(kohya_name, prefix), layers, cfg.lora_weight)
     unmatched = sorted(set(layers) - merged)
     if unmatched:
         raise DreamboothError(f"LoRA {lora.name} does not fit model '{model.name}': {len(unmatched)} of its layers "

@@ -4,14 +4,14 @@ Written here rather than taken from peft because peft's diffusers integration ne
 and AUTOMATIC1111 1.10 pins 4.30.2. The adapters are attached with forward hooks, so the UNet and the
 text encoder keep their own modules and state dicts (save_pretrained, previews and sampling see the
 adapted model while hooks are on, and the plain one when they are off). The network's own state dict is
-the kohya layout (convert/lora_kohya.py), so a LoRA file, a snapshot and the in-memory adapter hold the
-same tensors under the same names.
+the kohya layout (convert/lora_kohya.py, names per model family from convert/lora_layout.py), so a LoRA
+file, a snapshot and the in-memory adapter hold the same tensors under the same names.
 
 Which layers (kohya's choice, which the WebUI and diffusers expect):
 - UNet: every Linear and 1×1 Conv2d inside the attention blocks (Transformer2DModel: q/k/v/out, the
   feed-forward, proj_in/proj_out); "extended" adds the layers of the ResNet blocks and the up/down samplers
   (3×3 convolutions, the time-embedding projection, shortcuts);
-- text encoder: every Linear in its attention and MLP blocks.
+- text encoder: every Linear in its attention and MLP blocks (SDXL: of each encoder chosen to train).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import math
 import torch
 from torch import nn
 
-from ..convert.lora_kohya import TEXT_PREFIX, UNET_PREFIX, kohya_name
+from ..convert.lora_kohya import TEXT_PREFIXES, kohya_name
+from ..convert.lora_layout import LoraLayout, layout_for
 
 UNET_ATTENTION_BLOCKS = ("Transformer2DModel",)
 UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -89,25 +90,34 @@ def text_targets(text_encoder: nn.Module) -> dict[str, nn.Module]:
 class LoRANetwork(nn.ModuleDict):
     """Adapters keyed by their kohya names; `state_dict()` is a kohya LoRA file's content."""
 
-    def __init__(self):
+    def __init__(self, layout: LoraLayout, unet_modules: list[str]):
         super().__init__()
+        self.layout = layout
+        self._unet_modules = unet_modules  # every UNet module name: to read older SDXL names (layout.current)
         self._layers: dict[str, nn.Module] = {}  # kohya name -> the adapted layer (not registered: not ours)
         self._hooks: list = []
 
-    def add_layers(self, prefix: str, targets: dict[str, nn.Module], rank: int, alpha: float,
-                   dropout: float, generator=None) -> None:
-        for module_name, layer in targets.items():
-            name = kohya_name(prefix, module_name)
+    def add_layers(self, targets: dict[str, nn.Module], rank: int, alpha: float, dropout: float,
+                   generator=None) -> None:
+        """Adapters for `targets` ({kohya name: layer})."""
+        for name, layer in targets.items():
             adapter = LoRAModule(layer, rank, alpha, dropout, generator)
             adapter.to(device=layer.weight.device)
             self[name] = adapter
             self._layers[name] = layer
 
-    def names(self, prefix: str) -> list[str]:
-        return [name for name in self.keys() if name.startswith(prefix + "_")]
+    def names(self, *prefixes: str) -> list[str]:
+        return [name for name in self.keys() if name.startswith(tuple(prefix + "_" for prefix in prefixes))]
 
-    def parameters_of(self, prefix: str) -> list[nn.Parameter]:
-        return [p for name in self.names(prefix) for p in self[name].parameters()]
+    def text_names(self) -> list[str]:
+        return self.names(*TEXT_PREFIXES)
+
+    def parameters_of(self, *prefixes: str) -> list[nn.Parameter]:
+        return [p for name in self.names(*prefixes) for p in self[name].parameters()]
+
+    def current(self, layers: dict) -> dict:
+        """A file's {layer name: parts} under the names this network uses (older SDXL names renamed)."""
+        return self.layout.current(layers, self._unet_modules)
 
     def attach(self) -> None:
         """Hooks on: every adapted layer's output gets its adapter's change."""
@@ -127,14 +137,19 @@ class LoRANetwork(nn.ModuleDict):
 
 def build_network(unet: nn.Module, text_encoder: nn.Module | None, *, unet_rank: int, unet_alpha: float,
                   extended: bool, text_rank: int = 0, text_alpha: float = 0.0, dropout: float = 0.0,
-                  seed: int | None = None) -> LoRANetwork:
-    """Adapters for the UNet (and the text encoder when `text_encoder` is given), not yet attached;
-    initialised from `seed` when given."""
+                  seed: int | None = None, text_prefixes: tuple[str, ...] | None = None) -> LoRANetwork:
+    """Adapters for the UNet (and the text encoder when `text_encoder` is given: of SDXL's two, those whose
+    prefix is in `text_prefixes`, default both), not yet attached; initialised from `seed` when given."""
+    layout = layout_for(unet)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    network = LoRANetwork()
-    network.add_layers(UNET_PREFIX, unet_targets(unet, extended), unet_rank, unet_alpha, dropout, generator)
+    network = LoRANetwork(layout, [name for name, _ in unet.named_modules()])
+    network.add_layers({layout.unet_name(module): layer for module, layer in unet_targets(unet, extended).items()},
+                       unet_rank, unet_alpha, dropout, generator)
     if text_encoder is not None:
-        network.add_layers(TEXT_PREFIX, text_targets(text_encoder), text_rank, text_alpha, dropout, generator)
+        for prefix, encoder in layout.text_encoders(text_encoder).items():
+            if text_prefixes is None or prefix in text_prefixes:
+                targets = {kohya_name(prefix, module): layer for module, layer in text_targets(encoder).items()}
+                network.add_layers(targets, text_rank, text_alpha, dropout, generator)
     return network
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import TrainConfig
-from ..convert.lora_kohya import TEXT_PREFIX, UNET_PREFIX, file_hashes, read_lora_file, split_layers, \
-    training_metadata, write_lora_file
+from ..convert.lora_kohya import TEXT_PREFIXES, UNET_PREFIX, file_hashes, read_lora_file, split_layers, \
+    text_prefix_of, training_metadata, write_lora_file
+from ..convert.lora_layout import is_conv_layer, layout_for
 from ..errors import DreamboothError
 from ..store import ModelDir
 from .lora import LoRANetwork, build_network
@@ -31,23 +32,23 @@ def alpha_or_rank(alpha: float, rank: int) -> float:
 class LoraRun:
     network: LoRANetwork
     cfg: TrainConfig
-    text_trained: bool
+    text_trained: tuple[str, ...]  # prefixes of the text-encoder adapters that train (none: empty)
     log: Callable[[str], None]
     _hashes: dict | None = field(default=None, repr=False)
 
     def param_groups(self, learning_rates: list[float]) -> list[dict]:
         groups = [{"params": self.network.parameters_of(UNET_PREFIX), "lr": learning_rates[0]}]
         if self.text_trained:
-            groups.append({"params": self.network.parameters_of(TEXT_PREFIX), "lr": learning_rates[1]})
+            groups.append({"params": self.network.parameters_of(*self.text_trained), "lr": learning_rates[1]})
         return groups
 
     def trained_parameters(self, text_training: bool) -> tuple[list, list]:
         """(UNet adapter, text-encoder adapter) parameters being trained."""
         return (self.network.parameters_of(UNET_PREFIX),
-                self.network.parameters_of(TEXT_PREFIX) if text_training else [])
+                self.network.parameters_of(*self.text_trained) if text_training else [])
 
-    def stop_text_training(self) -> None:
-        for param in self.network.parameters_of(TEXT_PREFIX):
+    def stop_text_training(self, prefixes: tuple[str, ...] = TEXT_PREFIXES) -> None:
+        for param in self.network.parameters_of(*prefixes):
             param.requires_grad_(False)
             param.grad = None
 
@@ -57,10 +58,10 @@ class LoraRun:
         cfg = self.cfg
         if self._hashes is None:  # hashing a 2-7 GB base once per run, not at every save
             self._hashes = file_hashes(Path(cfg.src)) if cfg.src else {}
-        has_text = bool(self.network.names(TEXT_PREFIX))
+        has_text = bool(self.network.text_names())
         return training_metadata(
             base_model=Path(cfg.src).name if cfg.src else model.name, base_hashes=self._hashes,
-            model_type=cfg.model_type, unet_rank=cfg.lora_unet_rank,
+            model_type="SDXL" if self.network.layout.sdxl else cfg.model_type, unet_rank=cfg.lora_unet_rank,
             unet_alpha=alpha_or_rank(cfg.lora_unet_alpha, cfg.lora_unet_rank),
             text_rank=cfg.lora_txt_rank if has_text else None,
             text_alpha=alpha_or_rank(cfg.lora_txt_alpha, cfg.lora_txt_rank) if has_text else None,
@@ -77,16 +78,21 @@ def start_lora(model: ModelDir, cfg: TrainConfig, models, train_text: bool, mixe
     unet, text_encoder = models.unet, models.text_encoder
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
-    start, source = None, None
+    layout = layout_for(unet)
+    trained = layout.trained_text_prefixes(text_encoder) if train_text else ()
+    start, source, in_file = None, None, set()
     if cfg.lora_model_name.strip():
         source = resolve_lora_file(cfg.lora_model_name, model)
         start = read_lora_file(source)[0]
-    with_text = train_text or (start is not None and any(k.startswith(TEXT_PREFIX + "_") for k in start))
+        modules = [name for name, _ in unet.named_modules()]
+        in_file = {text_prefix_of(name) for name in layout.current(split_layers(start), modules)} - {None}
+    # a file's text-encoder adapters are used even where that encoder does not train
+    adapted = tuple(p for p in layout.text_prefixes.values() if p in trained or p in in_file)
     network = build_network(
-        unet, text_encoder if with_text else None, unet_rank=cfg.lora_unet_rank,
+        unet, text_encoder if adapted else None, unet_rank=cfg.lora_unet_rank,
         unet_alpha=alpha_or_rank(cfg.lora_unet_alpha, cfg.lora_unet_rank), extended=cfg.use_lora_extended,
         text_rank=cfg.lora_txt_rank, text_alpha=alpha_or_rank(cfg.lora_txt_alpha, cfg.lora_txt_rank),
-        dropout=cfg.lora_dropout, seed=cfg.seed if cfg.seed >= 0 else None)
+        dropout=cfg.lora_dropout, seed=cfg.seed if cfg.seed >= 0 else None, text_prefixes=adapted)
     if start is not None:
         fresh = load_into(network, start, source.name)
         log(f"LoRA: continuing from {source}" + (f" ({fresh} layer(s) not in it start fresh)" if fresh else ""))
@@ -95,15 +101,15 @@ def start_lora(model: ModelDir, cfg: TrainConfig, models, train_text: bool, mixe
         unet.to(dtype=dtype)
         text_encoder.to(dtype=dtype)
     network.attach()
-    run = LoraRun(network, cfg, train_text, log)
-    if with_text and not train_text:
-        run.stop_text_training()
-        if training_set.embeddings is not None:  # cached from the base text encoder: encode again, adapted
-            training_set.cache_text(text_encoder, cfg.clip_skip)
-    count = sum(p.numel() for p in network.parameters())
+    run = LoraRun(network, cfg, trained, log)
+    run.stop_text_training(tuple(p for p in adapted if p not in trained))
+    if adapted and not trained and training_set.embeddings is not None:  # cached from the base: encode again
+        training_set.cache_text(text_encoder, cfg.clip_skip)
+    count = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    texts = ", ".join(f"{len(network.names(p))} {p}" for p in adapted)
     log(f"LoRA: rank {cfg.lora_unet_rank} on {len(network.names(UNET_PREFIX))} UNet layers"
         + (" (with the ResNet convolutions)" if cfg.use_lora_extended else "")
-        + (f", rank {cfg.lora_txt_rank} on {len(network.names(TEXT_PREFIX))} text-encoder layers" if with_text else "")
+        + (f", rank {cfg.lora_txt_rank} on text-encoder layers ({texts})" if adapted else "")
         + f": {count / 1e6:.2f}M trained parameters; the base model stays unchanged")
     if cfg.use_ema:
         log("use_ema is ignored with use_lora: the adapters are small and their EMA is not kept")
@@ -113,10 +119,10 @@ def start_lora(model: ModelDir, cfg: TrainConfig, models, train_text: bool, mixe
 def load_into(network: LoRANetwork, tensors: dict, source: str) -> int:
     """Copy a kohya state dict into the adapters; returns how many layers were not in it (they stay fresh).
     A layer the network lacks or a different shape (rank) is an error naming the setting to change."""
-    layers = split_layers(tensors)
+    layers = network.current(split_layers(tensors))
     extra = [name for name in layers if name not in network]
     if extra:
-        conv = any("resnets" in n or "samplers" in n for n in extra)
+        conv = any(is_conv_layer(n) for n in extra)
         hint = "turn on use_lora_extended (it was trained with the conv layers)" if conv else \
             "it was trained on another model or with other layers"
         raise DreamboothError(f"LoRA file {source} has {len(extra)} layer(s) this model's adapters lack, e.g. "
@@ -128,7 +134,7 @@ def load_into(network: LoRANetwork, tensors: dict, source: str) -> int:
                 continue
             target = own[f"{name}.{key}"]
             if target.shape != parts[part].shape:
-                field = "lora_txt_rank" if name.startswith(TEXT_PREFIX + "_") else "lora_unet_rank"
+                field = "lora_txt_rank" if text_prefix_of(name) else "lora_unet_rank"
                 raise DreamboothError(f"LoRA file {source}: {name}.{key} has shape {tuple(parts[part].shape)}, the "
                                       f"adapter {tuple(target.shape)}: set {field} to the file's rank "
                                       f"({parts['down'].shape[0]})", field=field)

@@ -1,6 +1,7 @@
 """The tab in headless Chromium against the standalone server (this interpreter's gradio): the newcomer's
 flow from Create to a half-precision checkpoint, with Cancel and Resume between, the gallery and charts
-checked, and a 400 px wide page. Screenshots go to tests/artifacts/<gradio version>/."""
+checked, and a 400 px wide page; then SDXL from Create to Generate Ckpt. Screenshots go to
+tests/artifacts/<gradio version>/."""
 import json
 import os
 import re
@@ -96,6 +97,7 @@ def find_option(page, elem_id: str, text: str, timeout: float = 60.0):
 def open_tab(page, title: str) -> None:
     """Click a sub-tab by its exact title (gradio 6 also keeps hidden overflow copies of tab buttons)."""
     exact = re.compile(rf"^\s*{title}\s*$")
+    page.locator('button[role="tab"], .tab-nav button').first.wait_for(timeout=30_000)  # drawn after the buttons
     tabs = page.locator('button[role="tab"]', has_text=exact)  # gradio 4+
     if tabs.count() == 0:
         tabs = page.locator(".tab-nav button", has_text=exact)  # gradio 3.x
@@ -105,6 +107,22 @@ def open_tab(page, title: str) -> None:
 def box(page, selector: str) -> dict:
     return page.locator(selector).first.evaluate("e => { const r = e.getBoundingClientRect(); "
                                                   "return {x: r.x, y: r.y, width: r.width, height: r.height}; }")
+
+
+def screenshots_folder() -> Path:
+    import gradio
+
+    folder = REPO / "tests" / "artifacts" / gradio.__version__
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_page(browser, url: str, width: int = 1400, height: int = 1000):
+    """A new page on the tab, once its buttons are there."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)
+    page.locator("#dbt_train").wait_for(timeout=60_000)
+    return page
 
 
 def status_step(page) -> int:
@@ -119,14 +137,11 @@ def test_create_train_ckpt_in_browser(server):
     from playwright.sync_api import sync_playwright
 
     url, models = server
-    shots = REPO / "tests" / "artifacts" / gradio.__version__
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots_folder()
     started = time.time()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.locator("#dbt_train").wait_for(timeout=60_000)
+        page = open_page(browser, url)
 
         # javascript/dreambooth.js is active standalone too: hints on the buttons (set once the page's
         # load event has run the script, a moment after the buttons appear)
@@ -254,9 +269,7 @@ def test_create_train_ckpt_in_browser(server):
         assert asked == []
 
         # a phone-sized page: status and messages right under the buttons, the settings after them
-        narrow = browser.new_page(viewport={"width": 400, "height": 900})
-        narrow.goto(url)
-        narrow.locator("#dbt_train").wait_for(timeout=60_000)
+        narrow = open_page(browser, url, width=400, height=900)
         wait_text(narrow, "dbt_status", "demo", 60)
         assert box(narrow, "#dbt_status")["y"] < box(narrow, "#dbt_settings_col")["y"]
         assert box(narrow, "#dbt_output_col")["width"] <= 400
@@ -265,3 +278,69 @@ def test_create_train_ckpt_in_browser(server):
     sources = json.load(urllib.request.urlopen(url + "/dreambooth-tab/v1/sources"))["sources"]
     assert str(path) in sources
     print(f"\nbrowser flow on gradio {gradio.__version__}: {time.time() - started:.1f} s; screenshots in {shots}")
+
+
+def test_sdxl_create_train_ckpt_in_browser(server):
+    """SDXL in the tab: Create from an SDXL single-file checkpoint in the checkpoint folder, one short epoch
+    with a preview through the SDXL pipeline, Generate Ckpt: a file in the SDXL layout the WebUI loads."""
+    import gradio
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    from dreambooth.convert.checkpoint_io import load_state_dict
+    from dreambooth.convert.sdxl_map import check_sdxl_keys, check_sdxl_shapes
+    from dreambooth.model.tiny import write_demo_images, write_tiny_checkpoint
+
+    url, models = server
+    source = write_tiny_checkpoint(models / "Stable-diffusion" / "tiny-sdxl.safetensors", preset="tiny-sdxl")
+    images = models / "xl_images"  # under the models root: the tab's path policy allows it
+    write_demo_images(images, count=2)
+    started = time.time()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = open_page(browser, url)
+        open_tab(page, "Create")
+        find_option(page, "dbt_source", source.name).click()
+        page.locator("#dbt_new_name textarea, #dbt_new_name input").first.fill("xl")
+        page.locator("#dbt_create").click()
+        wait_text(page, "dbt_message", "model 'xl' created", 120)
+        wait_text(page, "dbt_model_info", "SDXL", 30)
+
+        open_tab(page, "Concepts")
+        page.locator("#dbt_concept0_instance_data_dir textarea, #dbt_concept0_instance_data_dir input").first.fill(
+            str(images))
+        page.locator("#dbt_concept0_instance_prompt textarea").first.fill("a photo of sks toy")
+        page.locator("#dbt_concept0_save_infer_steps input").first.fill("4")
+        open_tab(page, "Parameters")
+        page.locator("#dbt_num_train_epochs input").first.fill("1")
+        page.locator("#dbt_group_image_processing .label-wrap").first.click()
+        resolution = page.locator("#dbt_resolution input").first
+        assert resolution.input_value() == "1024"  # Create's SDXL default, far too big for a CPU test
+        resolution.fill("64")
+        resolution.press("Tab")
+
+        page.locator("#dbt_train").click()
+        wait_text(page, "dbt_message", "training 'xl' started", 60)
+        wait_text(page, "dbt_status", "done: xl · epoch 1/1", 120)
+        page.locator("#dbt_ckpt").click()
+        message = wait_text(page, "dbt_message", "checkpoint written", 60)
+        path = Path(message.split("checkpoint written: ")[1].split(" (")[0])
+        gallery = page.locator("#dbt_sample_gallery img").first
+        gallery.wait_for(timeout=30_000)  # the preview the SDXL pipeline made at the end of the epoch
+        deadline = time.time() + 30
+        while "running" in text_of(page, "dbt_status") and time.time() < deadline:  # the poll catches up
+            time.sleep(0.2)
+        page.screenshot(path=str(screenshots_folder() / "06_sdxl_trained.png"), full_page=True)
+        browser.close()
+
+    assert path.is_file() and path.parent == models / "Stable-diffusion" and path.name == "xl_2.safetensors"
+    tensors, _ = load_state_dict(path)  # the WebUI's SDXL layout: both text encoders, the added embedding
+    check_sdxl_keys(tensors, path.name)
+    check_sdxl_shapes(tensors, path.name)
+    before = load_state_dict(source)[0]
+    assert tensors.keys() == before.keys()
+    unet = [key for key in before if key.startswith("model.diffusion_model.")]
+    assert any(not torch.equal(tensors[key], before[key]) for key in unet)  # trained
+    vae = [key for key in before if key.startswith("first_stage_model.")]
+    assert all(torch.equal(tensors[key], before[key]) for key in vae)  # frozen
+    print(f"\nSDXL browser flow on gradio {gradio.__version__}: {time.time() - started:.1f} s")
