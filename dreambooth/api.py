@@ -212,11 +212,12 @@ def _checkpoint(args: dict) -> dict:
     from .service.jobs import runner
 
     name = _name(args)
+    params = args.get("params")
+    cfg = operations.load_params(name)[0]
+    _apply(cfg, params)  # bad values answer 400 before anything starts
     job = runner().current()
     if job is not None and job.kind == "train" and job.model_name == name:  # the trainer writes it (as the tab)
-        return {"message": runner().request_save(), "_status": 202}
-    params = args.get("params")
-    _apply(operations.load_params(name)[0], params)  # bad values answer 400 before the job starts
+        return {"message": runner().request_save(cfg.half_model, cfg.use_subdir), "_status": 202}
     with runner().exclusive("checkpoint", name):
         path = operations.generate_ckpt(name, overrides=params)  # the export refreshes the WebUI's list
     return {"message": f"checkpoint written: {path}", "path": str(path)}

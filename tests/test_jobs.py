@@ -111,3 +111,43 @@ def test_a_crash_in_training_is_reported_and_the_runner_recovers(model):
     assert status.state == "failed" and "out of memory" in status.message
     assert any("training failed" in line for line in runner().log_lines())
     assert not runner().busy()
+
+
+def test_generate_ckpt_during_training_uses_the_boxes_ticked_on_screen(model, host_hooks):
+    """Found in the real WebUI: the mid-training save ignored Half ticked on screen (and needs no
+    save_ckpt_during: the button asked for a checkpoint)."""
+    from safetensors import safe_open
+
+    job = runner().start_training(model, config(num_train_epochs=200, save_preview_every=0, save_embedding_every=0,
+                                                save_ckpt_during=False, half_model=False))
+    try:
+        wait_for(lambda: runner().status().step >= 1)
+        message = handlers.generate_ckpt(model, {"half_model": True, "use_subdir": True})
+        assert "half-precision checkpoint is written at the next step" in message
+        wait_for(lambda: runner().status().checkpoints)
+    finally:
+        handlers.cancel()
+        assert job.finished.wait(300)
+    written = [p for p in runner().status().checkpoints if "_half" in p]
+    assert len(written) >= 1
+    path = __import__("pathlib").Path(written[0])
+    assert path.parent.name == model and path.parent.parent == host.checkpoint_dir()  # the subdirectory box
+    with safe_open(str(path), "pt") as tensors:
+        unet_keys = [key for key in tensors.keys() if key.startswith("model.diffusion_model.")]
+        assert {str(tensors.get_tensor(key).dtype) for key in unet_keys} == {"torch.float16"}
+
+
+def test_a_refused_name_never_becomes_the_job_the_status_poll_reads(model, tmp_path):
+    """Found in the real WebUI: Create with '../x' left a failed job named '../x'; every status poll then
+    raised in the Resume label (HTTP 500 once a second) until a model was selected."""
+    from dreambooth.ui.tab import Tab
+
+    source = operations.ensure_embedded_source()
+    with pytest.raises(DreamboothError) as error:
+        handlers.create_model("../x", str(source))
+    assert error.value.field == "model_name"
+    assert runner().status().model_name != "../x" and (runner().status_dict()["job"] or {}).get("model_name") != "../x"
+    assert handlers.resume_label("../x").startswith("Resume (no snapshot yet")  # and any name the poll gets
+    tab = Tab()
+    tab.build()
+    tab._poll(None, None)  # the page's poll with no model selected

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from ..errors import DreamboothError
+from ..store import check_model_name
 from ..train.control import TrainControl, TrainStatus
 
 log = logging.getLogger("dreambooth")
@@ -91,6 +92,8 @@ class JobRunner:
 
     # jobs -----------------------------------------------------------------------------------------
     def _claim(self, kind: str, model_name: str) -> Job:
+        # a name that is no model name is refused before it becomes the job's: the status poll reads it back
+        model_name = check_model_name(model_name)
         with self._lock:
             if self._job is not None:
                 running = self._job
@@ -157,7 +160,7 @@ class JobRunner:
     def exclusive(self, kind: str, model_name: str) -> Iterator[Job]:
         """Run a short job (create, checkpoint, samples) in the caller's thread, refused while busy."""
         job = self._claim(kind, model_name)
-        job.control.update(state="running", model_name=model_name, started_at=time.time())
+        job.control.update(state="running", model_name=job.model_name, started_at=time.time())
         try:
             yield job
             if job.control.snapshot().state not in FINAL_STATES:
@@ -190,13 +193,16 @@ class JobRunner:
         job.control.log("samples requested: generated at the next step")
         return "samples requested: they appear in the gallery after the next step"
 
-    def request_save(self) -> str | None:
+    def request_save(self, half: bool | None = None, subdir: bool | None = None) -> str | None:
+        """During training: a checkpoint at the next step (Half / subdir as given; None: the saved params)."""
         job = self.current()
         if job is None or job.kind != "train":
             return None
-        job.control.request_save()
-        job.control.log("save requested: a checkpoint is written at the next step")
-        return "save requested: a checkpoint is written at the next step"
+        job.control.request_save(half, subdir)
+        what = "a half-precision checkpoint" if half else "a checkpoint"
+        message = f"save requested: {what} is written at the next step"
+        job.control.log(message)
+        return message
 
     def wait(self, timeout: float | None = None) -> bool:
         job = self.current()

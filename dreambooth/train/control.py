@@ -46,6 +46,7 @@ class TrainControl:
         self.cancel_requested = threading.Event()
         self.sample_requested = threading.Event()
         self.save_requested = threading.Event()
+        self._requested_export: dict = {}  # Half / subdir as on screen when Generate Ckpt asked for the save
         self._on_log = on_log
 
     # requests -------------------------------------------------------------------------------------
@@ -55,8 +56,20 @@ class TrainControl:
     def request_samples(self) -> None:
         self.sample_requested.set()
 
-    def request_save(self) -> None:
+    def request_save(self, half: bool | None = None, subdir: bool | None = None) -> None:
+        """A checkpoint at the next step; `half`/`subdir` (None: the saved params) as ticked on screen."""
+        with self._lock:
+            self._requested_export = {"half": half, "subdir": subdir}
         self.save_requested.set()
+
+    def take_save_request(self) -> dict | None:
+        """The pending request's export choices (and clear it), or None when no save was asked for."""
+        if not self.save_requested.is_set():
+            return None
+        with self._lock:
+            export, self._requested_export = self._requested_export, {}
+        self.save_requested.clear()
+        return export
 
     # status ---------------------------------------------------------------------------------------
     def update(self, **changes) -> None:

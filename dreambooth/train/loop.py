@@ -417,9 +417,9 @@ class Trainer:
             control.sample_requested.clear()
             self._flush_metrics()
             self._preview()
-        if control.save_requested.is_set() or self.plan.saves_at_step(self.global_step):
-            control.save_requested.clear()
-            self._save("during")
+        requested = control.take_save_request()  # Generate Ckpt during training
+        if requested is not None or self.plan.saves_at_step(self.global_step):
+            self._save("during", requested)
 
     def _end_of_epoch(self, epoch: int) -> None:
         plan = self.plan
@@ -483,15 +483,16 @@ class Trainer:
     def revision(self) -> int:
         return self.start_revision + self.global_step
 
-    def _save(self, reason: str) -> None:
-        """Write what the saving switches ask for at this point: working weights, checkpoint, snapshot."""
+    def _save(self, reason: str, requested: dict | None = None) -> None:
+        """Write what the saving switches ask for at this point: working weights, checkpoint, snapshot.
+        `requested`: Generate Ckpt's export choices; it always gets its checkpoint."""
         with self._pace.excluded():
-            self._save_now(reason)
+            self._save_now(reason, requested)
 
-    def _save_now(self, reason: str) -> None:
+    def _save_now(self, reason: str, requested: dict | None = None) -> None:
         from .saving import SaveInputs, save_training_state
 
-        want_ckpt = getattr(self.cfg, f"save_ckpt_{reason}")
+        want_ckpt = requested is not None or getattr(self.cfg, f"save_ckpt_{reason}")
         want_state = getattr(self.cfg, f"save_state_{reason}")
         # never write weights from unchecked steps: off the CPU the flag is read only every few steps
         self._check_finite()
@@ -504,7 +505,7 @@ class Trainer:
                 text_encoder=self.models.text_encoder, text_encoder_trained=self.text_encoder_epochs > 0,
                 frozen_cast=self.frozen_cast, ema=self.ema, optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler, generator=self.generator, resume_state=self.snapshot_state(),
-                save_config=self.save_config, log=self.log, progress=self._detail)
+                save_config=self.save_config, log=self.log, progress=self._detail, export=requested or {})
             with saved_as_fp32(state.unet, self.full_precision), self._frozen_back(onto_device=False):
                 checkpoint, snapshot = save_training_state(state, want_ckpt, want_state)
             if checkpoint is not None:

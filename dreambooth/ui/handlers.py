@@ -135,7 +135,10 @@ def resume_label(model: str | None) -> str:
     """The Resume box names the snapshot it would continue from, so a user knows what ticking it does."""
     from ..train.snapshot import snapshot_revision
 
-    snapshot = operations.newest_snapshot(model) if (model or "").strip() else None
+    try:
+        snapshot = operations.newest_snapshot(model) if (model or "").strip() else None
+    except DreamboothError:  # not a model name (the status poll passes what the last job was given)
+        snapshot = None
     if snapshot is None:
         return "Resume (no snapshot yet: Train starts at step 1)"
     return f"Resume from {snapshot.name} (step {snapshot_revision(snapshot)})"
@@ -157,7 +160,7 @@ def create_model(name: str, source: str, model_type: str = "detect", hub_id: str
     def progress(message: str) -> None:
         runner().note(message)
 
-    with runner().exclusive("create", name or "?"):
+    with runner().exclusive("create", name):
         # a Hub id is looked up by the hub library in its own cache (never as a path here); a path passes
         # the path policy
         source = resolve_hub_model(hub_id, hub_token, progress) if hub_id else pathpolicy.check_source(source)
@@ -217,11 +220,11 @@ def generate_samples(model: str, values: dict) -> tuple[list[str], str]:
 
 def generate_ckpt(model: str, values: dict | None = None) -> str:
     """Uses Half model and Save to subdirectory as ticked on screen (`values`), not only as saved."""
-    message = runner().request_save()
+    values = values or {}
+    message = runner().request_save(values.get("half_model"), values.get("use_subdir"))  # during training
     if message is not None:
         return message
     model = _require_model(model)
-    values = values or {}
     with runner().exclusive("checkpoint", model) as job:
         lora = {key: values[key] for key in LORA_MERGE_FIELDS if key in values}  # the LoRA as chosen on screen
         path = operations.generate_ckpt(model, half=values.get("half_model"), subdir=values.get("use_subdir"),
