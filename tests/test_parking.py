@@ -34,7 +34,7 @@ def _train(name, checkpoint, images, offload, precision):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "no"])  # bf16: exported from working/; fp32: from the parked modules
-def test_parked_on_disk_during_cpu_training_changes_nothing(tiny_checkpoint, one_image, precision):
+def test_parked_on_disk_during_cpu_training_changes_nothing(tiny_checkpoint, models_root, one_image, precision):
     parked, during, model = _train(f"parked_{precision}", tiny_checkpoint, one_image, None, precision)
     kept, kept_during, _ = _train(f"kept_{precision}", tiny_checkpoint, one_image, False, precision)
     log = "\n".join(parked.control.snapshot().log)

@@ -182,9 +182,9 @@ def test_previews_and_saves_do_not_count_in_it_per_s_or_the_eta(tiny_model, one_
             now[0] += 50.0  # a slow preview
             super()._preview_now()
 
-        def _save_now(self, reason):
+        def _save_now(self, *args):
             now[0] += 30.0
-            super()._save_now(reason)
+            super()._save_now(*args)
 
     seen = []
     control = TrainControl()
@@ -199,3 +199,22 @@ def test_previews_and_saves_do_not_count_in_it_per_s_or_the_eta(tiny_model, one_
     etas = [changes["eta_s"] for changes in seen]  # the remaining steps × 1 s, previews not counted
     assert etas == sorted(etas, reverse=True) and etas[-1] == 0
     assert all(eta == pytest.approx(round(eta)) for eta in etas) and 9 in [round(eta) for eta in etas]
+
+
+def test_cancel_right_after_an_epochs_save_writes_nothing_twice(tiny_model, one_image):
+    """Found in the real WebUI: Cancel at an epoch's last step saved that step's checkpoint and snapshot
+    a second time."""
+
+    class CancelAtEpochEnd(TrainControl):
+        def update(self, **changes):
+            super().update(**changes)
+            if changes.get("step") == 2:  # the last step of epoch 2 (one image, batch 1): its save follows
+                self.request_cancel()
+
+    control = CancelAtEpochEnd()
+    cfg = quick_config(one_image, num_train_epochs=5, save_embedding_every=1)
+    result = Trainer(tiny_model, cfg, control).run()
+    log = control.snapshot().log
+    assert result.state == "canceled" and result.steps == 2
+    assert sum("saved checkpoint" in line and line.endswith("_2.safetensors") for line in log) == 1, log
+    assert sum("saved resume snapshot snapshot-2" in line for line in log) == 1, log

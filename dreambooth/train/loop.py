@@ -72,6 +72,7 @@ class Trainer:
         self._check_every_override = check_every
         self._offload_override = offload
         self.parking: FrozenParking | None = None  # where the cached frozen modules wait (after preparation)
+        self._written: tuple[int, set[str]] = (-1, set())  # (revision, what was saved at it): never twice
 
     # set-up -----------------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -492,8 +493,12 @@ class Trainer:
     def _save_now(self, reason: str, requested: dict | None = None) -> None:
         from .saving import SaveInputs, save_training_state
 
-        want_ckpt = requested is not None or getattr(self.cfg, f"save_ckpt_{reason}")
-        want_state = getattr(self.cfg, f"save_state_{reason}")
+        # a Cancel right after an epoch's save (the same step) must not write the same files again
+        done = self._written[1] if self._written[0] == self.revision else set()
+        want_ckpt = requested is not None or (getattr(self.cfg, f"save_ckpt_{reason}") and "checkpoint" not in done)
+        want_state = getattr(self.cfg, f"save_state_{reason}") and "snapshot" not in done
+        if done and not (want_ckpt or want_state):
+            return
         # never write weights from unchecked steps: off the CPU the flag is read only every few steps
         self._check_finite()
         self._check_weights_finite()
@@ -514,6 +519,9 @@ class Trainer:
             if snapshot is not None:
                 self.result.snapshots.append(snapshot)
         self.accelerator.wait_for_everyone()
+        # the same on every process (only the main one writes), so all of them skip the same saves
+        saved = {name for name, wanted in (("checkpoint", want_ckpt), ("snapshot", want_state)) if wanted}
+        self._written = (self.revision, done | saved | {"working"})
         self.control.update(state="training", detail="")
 
     def _preview(self) -> None:
