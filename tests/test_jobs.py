@@ -116,6 +116,8 @@ def test_a_crash_in_training_is_reported_and_the_runner_recovers(model):
 def test_generate_ckpt_during_training_uses_the_boxes_ticked_on_screen(model, host_hooks):
     """Found in the real WebUI: the mid-training save ignored Half ticked on screen (and needs no
     save_ckpt_during: the button asked for a checkpoint)."""
+    from pathlib import Path
+
     from safetensors import safe_open
 
     job = runner().start_training(model, config(num_train_epochs=200, save_preview_every=0, save_embedding_every=0,
@@ -130,7 +132,7 @@ def test_generate_ckpt_during_training_uses_the_boxes_ticked_on_screen(model, ho
         assert job.finished.wait(300)
     written = [p for p in runner().status().checkpoints if "_half" in p]
     assert len(written) >= 1
-    path = __import__("pathlib").Path(written[0])
+    path = Path(written[0])
     assert path.parent.name == model and path.parent.parent == host.checkpoint_dir()  # the subdirectory box
     with safe_open(str(path), "pt") as tensors:
         unet_keys = [key for key in tensors.keys() if key.startswith("model.diffusion_model.")]

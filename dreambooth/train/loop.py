@@ -510,7 +510,7 @@ class Trainer:
                 text_encoder=self.models.text_encoder, text_encoder_trained=self.text_encoder_epochs > 0,
                 frozen_cast=self.frozen_cast, ema=self.ema, optimizer=self.optimizer,
                 lr_scheduler=self.lr_scheduler, generator=self.generator, resume_state=self.snapshot_state(),
-                save_config=self.save_config, log=self.log, progress=self._detail, export=requested or {})
+                save_config=self.save_config, log=self.log, progress=self._detail, **(requested or {}))
             with saved_as_fp32(state.unet, self.full_precision), self._frozen_back(onto_device=False):
                 checkpoint, snapshot = save_training_state(state, want_ckpt, want_state)
             if checkpoint is not None:
@@ -555,13 +555,8 @@ class Trainer:
             ("VAE", self.models.vae, parking_place(self.device, self.training_set.cached, self._offload_override)),
             ("text encoder", self.models.text_encoder, parking_place(self.device, cached_text, self._offload_override))])
 
-    @contextlib.contextmanager
     def _frozen_back(self, onto_device: bool = True):
-        if self.parking is None:
-            yield
-            return
-        with self.parking.back(onto_device):
-            yield
+        return self.parking.back(onto_device) if self.parking is not None else contextlib.nullcontext()
 
     def snapshot_state(self) -> dict:
         return {"seed": self.seed, "optimizer": self.cfg.optimizer, "global_step": self.global_step,

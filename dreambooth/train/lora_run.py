@@ -153,7 +153,7 @@ def save_lora_state(state, want_file: bool, want_snapshot: bool) -> tuple[Path |
     if want_file:
         written = write_lora_file(output_path(model, cfg, state.revision), run.network.state_dict(),
                                   run.metadata(model, state.revision),
-                                  half=cfg.half_model if state.export.get("half") is None else state.export["half"])
+                                  half=cfg.half_model if state.half is None else state.half)
         state.log(f"saved LoRA {written}")
     if want_snapshot:
         snapshot = save_snapshot(model.snapshots, state.revision, {SNAPSHOT_NAME: run.network}, state.optimizer,

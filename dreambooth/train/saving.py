@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -32,7 +32,8 @@ class SaveInputs:
     log: Callable[[str], None]
     progress: Callable[[str], None] = lambda text: None  # what is being written now (the status line)
     lora: object | None = None     # train.lora_run.LoraRun: the save writes the LoRA file, not a checkpoint
-    export: dict = field(default_factory=dict)  # half / subdir chosen on screen for a requested save (None: params)
+    half: bool | None = None       # Generate Ckpt's on-screen Half / subdirectory for its save (None: the params)
+    subdir: bool | None = None
 
 
 @dataclass
@@ -82,13 +83,13 @@ def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot:
         if state.text_encoder_trained or "text_encoder" not in state.frozen_cast:
             modules["text_encoder"] = text_encoder
         state.progress("writing checkpoint")
-        half, subdir = state.export.get("half"), state.export.get("subdir")
-        checkpoint = export_checkpoint(model, cfg, state.revision, modules, half, subdir)
+        checkpoint = export_checkpoint(model, cfg, state.revision, modules, state.half, state.subdir)
         state.log(f"saved checkpoint {checkpoint}")
         if state.ema is not None and cfg.save_ema:
             state.progress("writing EMA checkpoint")
             with state.ema.applied():
-                ema_file = export_checkpoint(model, cfg, state.revision, modules, half, subdir, suffix="_ema")
+                ema_file = export_checkpoint(model, cfg, state.revision, modules, state.half, state.subdir,
+                                             suffix="_ema")
             state.log(f"saved EMA checkpoint {ema_file}")
     if want_snapshot:
         trained = {"unet": unet}
