@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     samples = command("samples", help="generate sample images from the model's current weights")
     samples.add_argument("name")
+    samples.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="a parameter for these samples only, e.g. lora_model_name=NAME lora_weight=0.8 (sample "
+                         "with a LoRA merged in)")
 
     command("list", help="list the models")
 
@@ -207,9 +210,13 @@ def cmd_ckpt(args) -> int:
 
 
 def cmd_samples(args) -> int:
+    from .config import apply_assignments, load_config
     from .service.operations import generate_samples
+    from .store import model_dir
 
-    for path in generate_samples(args.name):
+    cfg, _ = load_config(model_dir(args.name).require().config_file)
+    apply_assignments(cfg, args.set)
+    for path in generate_samples(args.name, cfg):
         print(path)
     return 0
 

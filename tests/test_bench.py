@@ -15,7 +15,7 @@ def test_bench_writes_the_record_with_both_ratios(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dreambooth", "bench", "--preset", "tiny", "--resolution", "64", "--images", "4",
          "--steps", "3", "--warmup", "1", "--pairs", "1", "--threads", "1", "--workdir", str(tmp_path / "work"),
-         "--out", str(out), "--scaling", "--scaling-sizes", "4", "--sample-steps", "2", "--lora"],
+         "--out", str(out), "--scaling", "--scaling-sizes", "4", "--sample-steps", "2", "--lora", "--breakdown"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # a loaded shared CPU
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])  # the last line is the JSON record
@@ -34,6 +34,11 @@ def test_bench_writes_the_record_with_both_ratios(tmp_path):
     lora = last["lora"]  # the LoRA run against the trainer's full fine-tune
     assert lora["full"]["samples_per_s"] > 0 and lora["lora"]["samples_per_s"] > 0
     assert 0 < lora["rss_ratio"] < 10 and lora["speed_ratio"] > 0 and "LoRA / full" in proc.stdout
+    parts = last["breakdown"]  # the reference's step part by part: every part timed, attention found in the UNet's
+    assert all(parts[key] > 0 for key in ("data_s", "vae_encode_s", "text_encode_s", "unet_step_s"))
+    assert 0 < parts["attention_share"] < 1 and "caching_ceiling" in proc.stdout
+    whole = parts["data_s"] + parts["vae_encode_s"] + parts["text_encode_s"] + parts["unet_step_s"]
+    assert abs(parts["caching_ceiling"] - whole / parts["unet_step_s"]) < 0.01 * parts["caching_ceiling"]
 
 
 def test_bench_rejects_bad_step_counts(capsys):

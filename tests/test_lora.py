@@ -319,3 +319,30 @@ def test_cli_trains_a_lora_and_merges_it(tiny_model, one_image, models_root, cap
     assert capsys.readouterr().out.strip().endswith("tiny_1_lora.safetensors")
     assert main(["ckpt", "tiny", "--set", "lora_model_name=missing"]) == 2
     assert "lora_model_name" in capsys.readouterr().err
+
+
+def test_generate_samples_uses_the_chosen_lora_at_its_weight(tiny_model, one_image, models_root):
+    import numpy as np
+    from PIL import Image
+
+    from dreambooth.service.operations import generate_samples
+
+    cfg = lora_config(one_image, num_train_epochs=2, stop_text_encoder=1.0, lora_learning_rate=5e-2)
+    lora_file = Trainer(tiny_model, cfg).run().checkpoints[-1]
+    cfg.concepts_list = [dict(cfg.concepts_list[0], n_save_sample=1, sample_seed=3, save_infer_steps=4)]
+
+    def sample(**lora):  # the values on screen: Lora Model and weight, nothing saved
+        cfg.use_lora = False
+        cfg.lora_model_name, cfg.lora_weight = lora.get("name", ""), lora.get("weight", 1.0)
+        [path] = [p for p in generate_samples("tiny", cfg) if p.suffix == ".png"]
+        return path, np.asarray(Image.open(path)).astype(np.int16)
+
+    base_path, base = sample()
+    zero_path, at_zero = sample(name=lora_file.name, weight=0.0)
+    full_path, at_one = sample(name=lora_file.name, weight=1.0)
+    assert "-manual-lora" in zero_path.name and "-lora" not in base_path.name
+    assert np.array_equal(base, at_zero)  # weight 0 adds nothing: the base's own sample
+    assert np.abs(at_one - base).mean() > 0.5  # the LoRA's change shows in the image
+    with pytest.raises(DreamboothError) as error:
+        sample(name="../../dreambooth/tiny/db_config")
+    assert error.value.field == "lora_model_name"

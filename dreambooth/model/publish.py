@@ -88,23 +88,31 @@ def publish_merged(model: ModelDir, cfg: TrainConfig, lora: Path, half: bool | N
                    subdir: bool | None = None) -> Path:
     """`NAME_<revision>_lora[_half]`: the base (working/) + lora_weight × the LoRA's change, every layer of
     the LoRA accounted for."""
+    from ..convert.diffusers_io import load_components
+
+    unet, _vae, text_encoder, _tokenizer, _scheduler = load_components(model.working)
+    merge_lora(model, lora, cfg.lora_weight, unet, text_encoder)
+    out = export_checkpoint(model, cfg, cfg.revision, {"unet": unet, "text_encoder": text_encoder}, half, subdir,
+                            suffix="_lora")
+    return out
+
+
+def merge_lora(model: ModelDir, lora: Path, weight: float, unet, text_encoder) -> None:
+    """Adds weight × the LoRA's change to the UNet and text encoder in place (Generate Ckpt, Generate
+    Samples); refuses a LoRA any of whose layers matches no layer of this model."""
     from functools import partial
 
-    from ..convert.diffusers_io import load_components, text_encoder_state_dict
+    from ..convert.diffusers_io import text_encoder_state_dict
     from ..convert.lora_kohya import kohya_name, merge_into, read_lora_file, split_layers
     from ..convert.lora_layout import layout_for
 
-    unet, _vae, text_encoder, _tokenizer, _scheduler = load_components(model.working)
     layout = layout_for(unet)  # SDXL names its layers by the LDM paths, and by lora_te1/lora_te2
     layers = layout.current(split_layers(read_lora_file(lora)[0]), [name for name, _ in unet.named_modules()])
-    merged = merge_into(unet.state_dict(), layout.unet_name, layers, cfg.lora_weight)
+    merged = merge_into(unet.state_dict(), layout.unet_name, layers, weight)
     for prefix, encoder in layout.text_encoders(text_encoder).items():
-        merged |= merge_into(text_encoder_state_dict(encoder), partial(kohya_name, prefix), layers, cfg.lora_weight)
+        merged |= merge_into(text_encoder_state_dict(encoder), partial(kohya_name, prefix), layers, weight)
     unmatched = sorted(set(layers) - merged)
     if unmatched:
         raise DreamboothError(f"LoRA {lora.name} does not fit model '{model.name}': {len(unmatched)} of its layers "
                               f"match no layer here (e.g. {unmatched[0]}); choose a LoRA trained on this base",
                               field="lora_model_name")
-    out = export_checkpoint(model, cfg, cfg.revision, {"unet": unet, "text_encoder": text_encoder}, half, subdir,
-                            suffix="_lora")
-    return out

@@ -171,12 +171,14 @@ def generate_ckpt(name: str, half: bool | None = None, subdir: bool | None = Non
 
 
 def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) -> list[Path]:
-    """Previews from the saved working weights, outside training."""
+    """Previews from the saved working weights, outside training; with the LoRA Generate Ckpt would merge
+    (lora_model_name, or this model's newest after a use_lora run) merged in at lora_weight."""
     from ..convert.diffusers_io import load_components
     from ..data.captions import build_caption
     from ..data.dataset import check_concepts
     from ..data.images import find_images
     from ..model.long_prompts import prompt_layout
+    from ..model.publish import chosen_lora, merge_lora
     from ..model.sampling import (build_pipeline, long_prompt_embeddings, render_samples, sample_requests,
                                   sanity_requests)
 
@@ -192,6 +194,7 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
     requests = sample_requests(concepts, first_captions) + sanity_requests(cfg.sanity_prompt, cfg.sanity_seed, concepts)
     if not requests:
         raise DreamboothError("no samples requested: set n_save_sample to 1 or more", field="n_save_sample")
+    lora = chosen_lora(model, cfg)  # refused here, before any model is loaded
     import gc
 
     import torch
@@ -200,6 +203,9 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
     # like training: txt2img waits, and the WebUI's model leaves the GPU while ours is there (then returns)
     with host.generation_lock(on_wait=log), host.vram_released():
         parts = list(load_components(model.working))
+        if lora is not None:
+            merge_lora(model, lora, cfg.lora_weight, parts[0], parts[2])
+            log(f"samples with LoRA {lora.name} merged at weight {cfg.lora_weight:g}")
         if cfg.pretrained_vae_name_or_path.strip():
             from ..model.publish import alternate_vae
 
@@ -208,7 +214,8 @@ def generate_samples(name: str, cfg: TrainConfig | None = None, control=None) ->
         pipeline = build_pipeline(*parts[:4], dict(parts[4]), cfg.scheduler)
         try:
             long_prompts = long_prompt_embeddings(prompt_layout(parts[3], cfg), parts[2], cfg.clip_skip, device)
-            written = render_samples(pipeline, requests, cfg.resolution, model.samples, f"{cfg.revision}-manual", device,
+            written = render_samples(pipeline, requests, cfg.resolution, model.samples,
+                                     f"{cfg.revision}-manual" + ("-lora" if lora else ""), device,
                                      clip_skip=cfg.clip_skip, long_prompts=long_prompts,
                                      progress=(lambda text: control.update(detail=text)) if control else None)
         finally:  # free the pipeline before the WebUI's model comes back

@@ -7,6 +7,7 @@ alternate reference/trainer (ABBA order) with the median of the paired ratios re
 shared machine drift by ±10%. The last line printed is one JSON object; `--out` writes the same record.
 
 `--scaling` adds the trainer at 8, 64 and 512 images (time per image, peak RSS) and sampling time per image.
+`--breakdown` times each part of the reference's step and reports the caching ceiling (tools/bench_breakdown.py).
 `--lora` adds a LoRA run of the trainer (use_lora, the registry's LoRA defaults) to each pair, next to the
 trainer's full fine-tune run: samples/s, peak RSS (and VRAM) and the median paired ratios LoRA / full.
 """
@@ -102,6 +103,20 @@ def worker_reference(spec: dict) -> dict:
     return clock.record(spec["batch"])
 
 
+def worker_breakdown(spec: dict) -> dict:
+    from .bench_breakdown import measure_breakdown
+    from ..convert.diffusers_io import load_components
+
+    import torch
+
+    torch.manual_seed(spec["seed"])
+    unet, vae, text_encoder, tokenizer, scheduler_config = load_components(Path(spec["model"]) / "working")
+    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler_config": scheduler_config}
+    images = sorted(Path(spec["images"]).glob("*.png"))
+    return measure_breakdown(components, tokenizer, images, PROMPT, batch=spec["batch"], lr=spec["lr"],
+                             resolution=spec["resolution"], gradient_checkpointing=spec["gradient_checkpointing"])
+
+
 def _trainer_config(spec: dict):
     from ..config import TrainConfig, apply_assignments
 
@@ -182,7 +197,8 @@ def _worker_main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(spec["threads"])
-    record = (worker_reference if spec["kind"] == "reference" else worker_trainer)(spec)
+    workers = {"reference": worker_reference, "trainer": worker_trainer, "breakdown": worker_breakdown}
+    record = workers[spec["kind"]](spec)
     print("BENCH_RESULT " + json.dumps(record), flush=True)
     return 0
 
@@ -253,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the trainer's own default is on, a VRAM saver that costs time)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a trainer parameter for the trainer runs (e.g. mixed_precision=bf16)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each part of the reference's step (data, VAE encode, text encode, UNet step) "
+                             "and report the caching ceiling: the most caching the encodes can gain")
     parser.add_argument("--scaling", action="store_true", help="also time the trainer at 8, 64 and 512 images")
     parser.add_argument("--lora", action="store_true",
                         help="also compare the trainer's LoRA run (use_lora) with its full fine-tune, in pairs")
@@ -362,6 +381,8 @@ def _run(args, root: Path, log) -> int:
               "vram_ratio": None if vram_ratio is None else round(vram_ratio, 3),
               "load_avg": [round(load_before[0], 2), round(load_after[0], 2)], "cpu_count": os.cpu_count(),
               "versions": _versions()}
+    if args.breakdown:
+        record["breakdown"] = _breakdown(base, log)
     if args.scaling:
         record["scaling"] = _scaling(args, root, base, log)
     if args.lora:
@@ -371,6 +392,16 @@ def _run(args, root: Path, log) -> int:
     log(f"wrote {args.out}")
     print(json.dumps(record), flush=True)
     return 0
+
+
+def _breakdown(base: dict, log) -> dict:
+    from .bench_breakdown import describe
+
+    breakdown = run_worker(dict(base, kind="breakdown"))
+    log("")
+    for line in describe(breakdown):
+        log(line)
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in breakdown.items()}
 
 
 def _scaling(args, root: Path, base: dict, log) -> dict:

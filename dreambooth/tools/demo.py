@@ -8,8 +8,11 @@ from ..errors import DreamboothError
 from ..store import model_dir
 from ..train.control import TrainControl
 
+# Checkpoints for the WebUI's list only at the end (and on Generate Ckpt): a resume snapshot every epoch,
+# but not a checkpoint file per epoch once someone raises the epochs.
 DEMO_SETTINGS = {
-    "num_train_epochs": 2, "save_embedding_every": 1, "save_preview_every": 1, "train_batch_size": 1,
+    "num_train_epochs": 2, "save_embedding_every": 1, "save_ckpt_during": False, "save_preview_every": 1,
+    "train_batch_size": 1,
     "learning_rate": 1e-4, "lr_scheduler": "constant", "mixed_precision": "no", "resolution": 64,
     "gradient_checkpointing": False, "seed": 1234,
 }
