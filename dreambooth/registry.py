@@ -119,7 +119,7 @@ _BATCHING = [
        "Apply each weight's optimizer step inside the backward pass and free its gradient at once: saves "
        "memory the size of the trained weights (3.4 GB at SD1.5). Needs gradient accumulation 1, one process, "
        "mixed precision bf16 or no, and Torch AdamW, 8bit AdamW, Adafactor or (8bit) Lion; max grad norm then "
-       "clips each tensor on its own."),
+       "clips each tensor on its own, and the text encoder's max grad norm must be 0 while it trains."),
 ]
 
 _LEARNING_RATE = [
@@ -292,7 +292,8 @@ _ADVANCED = [
        "Weight decay of the text encoder's parameters (weight_decay is the UNet's).", minimum=0, maximum=1),
     _f("tenc_grad_clip_norm", float, 0.0, _ADVANCED_TEXT, "Text encoder max grad norm",
        "Clip the text encoder's gradient norm to this value on its own (0 = clipped together with the UNet "
-       "by max_grad_norm).", minimum=0, maximum=1000),
+       "by max_grad_norm). Not with the fused backward pass, which has no whole gradient to clip.",
+       minimum=0, maximum=1000),
     _f("train_unet", bool, True, _ADVANCED_LOSS, "Train UNet",
        "Off: the UNet stays exactly as it is and only the text encoder trains (set stop_text_encoder above 0)."),
     _f("prior_loss_scale", bool, False, _ADVANCED_LOSS, "Scale prior loss",

@@ -131,6 +131,10 @@ def recommend(vram_gb: float | None, image_count: int, model_type: str = "v1x",
         changes["attention"] = "xformers" if xformers_available else "sdpa"
         reasons.append("attention = " + ("xformers: it is importable here" if xformers_available
                                          else "sdpa: PyTorch's own, as fast as xformers on recent GPUs"))
+    if changes.get("fused_backward_pass") and changes.get("stop_text_encoder", 0) > 0:
+        changes["tenc_grad_clip_norm"] = 0.0
+        reasons.append("tenc_grad_clip_norm = 0: the fused backward pass has no whole text encoder gradient to "
+                       "clip; max_grad_norm clips each of its tensors instead")
     return changes, reasons
 
 

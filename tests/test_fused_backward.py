@@ -116,3 +116,29 @@ def test_the_trainer_refuses_before_preparing(tiny_model, one_image):
     with pytest.raises(DreamboothError, match="gradient_accumulation_steps = 2"):
         trainer.run()
     assert not hasattr(trainer, "models")  # refused before the models were loaded
+
+
+def test_the_text_encoders_own_clip_norm_is_refused_while_the_text_encoder_trains():
+    """tenc_grad_clip_norm clips the text encoder's whole gradient after backward, which never exists with the
+    fused pass (each tensor is stepped inside it): refused instead of silently training unclipped. Without a
+    training text encoder, or at 0 (max_grad_norm then clips each text encoder tensor, as the UNet's), it trains."""
+    base = {"fused_backward_pass": True, "mixed_precision": "no", "max_grad_norm": 1.0}
+    cfg = TrainConfig(dict(base, tenc_grad_clip_norm=0.5, stop_text_encoder=0.5))
+    with pytest.raises(DreamboothError) as info:
+        check_fused_backward(cfg, num_processes=1, mixed_precision="no")
+    assert info.value.field == "tenc_grad_clip_norm"
+    assert "tenc_grad_clip_norm = 0.5" in str(info.value) and "Set tenc_grad_clip_norm to 0" in str(info.value)
+    assert "fused_backward_pass" in str(info.value)
+    check_fused_backward(TrainConfig(dict(base, tenc_grad_clip_norm=0.5, stop_text_encoder=0)), 1, "no")
+    check_fused_backward(TrainConfig(dict(base, tenc_grad_clip_norm=0, stop_text_encoder=1.0)), 1, "no")
+
+
+def test_the_trainer_refuses_the_text_encoders_clip_norm_before_preparing(tiny_model, one_image):
+    """Through the real loop: today's fused pass would step the text encoder with tenc_grad_clip_norm ignored."""
+    cfg = quick_config(one_image, fused_backward_pass=True, stop_text_encoder=1.0, tenc_grad_clip_norm=1e-9,
+                       max_grad_norm=0, optimizer="Torch AdamW")
+    trainer = Trainer(tiny_model, cfg)
+    with pytest.raises(DreamboothError) as info:
+        trainer.run()
+    assert info.value.field == "tenc_grad_clip_norm"
+    assert not hasattr(trainer, "models")  # refused before the models were loaded

@@ -79,3 +79,75 @@ def test_class_images_generated_once_and_the_prior_weight_applies(models_root, t
     assert row_zero["prior_loss"] > 0
     assert row_two["prior_loss"] == pytest.approx(row_zero["prior_loss"], rel=1e-5)
     assert row_two["loss"] - row_zero["loss"] == pytest.approx(2.0 * row_zero["prior_loss"], rel=1e-4)
+
+
+# Two class prompts equal in their first 75 tokens (the shared part alone is over 75) and different after.
+_SHARED = ", ".join(f"tag{n} word" for n in range(30))
+_LONG_CLASS_PROMPTS = (f"{_SHARED}, red ball", f"{_SHARED}, blue cube")
+
+
+def _pixels(path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+def test_a_batch_of_class_prompts_over_75_tokens_is_encoded_in_long_prompt_windows(tiny_parts, tmp_path,
+                                                                                   monkeypatch):
+    """With max_token_length 150 a batch of class prompts reaches the pipeline as the previews' long-prompt
+    windows (two 77-token windows per prompt, the negative prompt alike), so the words after token 75 change
+    the class image; with CLIP's one window they are cut and the pipeline encodes the prompts itself."""
+    from dreambooth.config import Concept
+    from dreambooth.convert.diffusers_io import SCHEDULER_CONFIG
+    from dreambooth.data.class_images import ClassJob, generate_class_images
+    from dreambooth.model.long_prompts import PromptLayout
+    from dreambooth.model.sampling import build_pipeline, long_prompt_embeddings
+
+    unet, vae, text_encoder, tokenizer = tiny_parts
+    assert 75 < len(tokenizer(_SHARED, add_special_tokens=False).input_ids)
+    assert len(tokenizer(_LONG_CLASS_PROMPTS[1], add_special_tokens=False).input_ids) <= 150
+    pipeline = build_pipeline(unet, vae, text_encoder, tokenizer, dict(SCHEDULER_CONFIG))
+    concepts = [Concept({"class_infer_steps": 2, "class_negative_prompt": "blurry"})]
+    seen = []
+    original = type(pipeline).__call__
+
+    def recording(self, *args, **kwargs):  # the real pipeline, noting the conditioning it was given
+        seen.append((kwargs.get("prompt_embeds"), kwargs.get("negative_prompt_embeds")))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(type(pipeline), "__call__", recording)
+    images = {}
+    for tokens in (75, 150):
+        jobs = [ClassJob(0, 0, tmp_path / str(tokens) / f"{n}.png", "", prompt, (64, 64))
+                for n, prompt in enumerate(_LONG_CLASS_PROMPTS)]  # number 0 both: the same seed
+        long_prompts = long_prompt_embeddings(PromptLayout(tokenizer, tokens), text_encoder, 1, "cpu")
+        assert generate_class_images(jobs, pipeline, concepts, 2, 7, None, lambda m: None,
+                                     long_prompts=long_prompts) == 2
+        images[tokens] = [_pixels(job.path) for job in jobs]
+    assert seen[0] == (None, None)  # 75 tokens: the pipeline tokenizes the prompts itself, one window
+    embeddings, negative = seen[1]
+    assert tuple(embeddings.shape[:2]) == tuple(negative.shape[:2]) == (2, 154)  # two prompts, two windows each
+    assert torch.allclose(embeddings[0, :77], embeddings[1, :77], atol=1e-5)  # the same first 75 tokens
+    assert not torch.allclose(embeddings[0, 77:], embeddings[1, 77:], atol=1e-3)  # the words after them
+    # (a batch of two is not bit-identical per row on a CPU: compare how much the two images differ)
+    cut, kept = (abs(images[tokens][0] - images[tokens][1]).mean() for tokens in (75, 150))
+    assert kept > 0.01 and kept > 10 * cut
+
+
+def test_training_generates_class_images_from_class_prompts_over_75_tokens(models_root, tiny_checkpoint, one_image):
+    """Through the trainer: two concepts whose class prompts differ only after token 75 get different class
+    images with max_token_length 150, and the same ones with 75 (same seed, same first 75 tokens)."""
+    from dreambooth.service.operations import create_model
+
+    concepts = [{"instance_data_dir": str(one_image), "instance_prompt": "a photo of sks toy", "n_save_sample": 0,
+                 "num_class_images_per": 1, "class_prompt": prompt, "class_infer_steps": 2}
+                for prompt in _LONG_CLASS_PROMPTS]
+    images = {}
+    for tokens in (75, 150):
+        model = create_model(f"long_class_{tokens}", tiny_checkpoint, progress=lambda m: None)
+        cfg = quick_config(one_image, num_train_epochs=1, max_token_length=tokens, concepts_list=concepts,
+                           save_ckpt_after=False)
+        Trainer(model, cfg).run()
+        images[tokens] = [_pixels(next(model.classifiers(i).glob("*.png"))) for i in (0, 1)]
+    assert (images[75][0] == images[75][1]).all()
+    assert abs(images[150][0] - images[150][1]).max() > 0

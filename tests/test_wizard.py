@@ -38,7 +38,8 @@ TABLE = [
                                        stop_text_encoder=0.0, sdxl_train_text_encoder=False, use_ema=False,
                                        use_lora=False)),
     (24, 30, "SDXL", False, False, dict(optimizer="Adafactor", fused_backward_pass=True, stop_text_encoder=0.75,
-                                        sdxl_train_text_encoder=True, sdxl_train_text_encoder_2=False)),
+                                        sdxl_train_text_encoder=True, sdxl_train_text_encoder_2=False,
+                                        tenc_grad_clip_norm=0.0)),
     (48, 30, "SDXL", True, False, dict(optimizer="Torch AdamW", fused_backward_pass=False, mixed_precision="fp16",
                                        gradient_checkpointing=True, train_batch_size=1,
                                        gradient_accumulation_steps=6)),
@@ -123,3 +124,17 @@ def test_bad_input(args, field):
 def test_unknown_model_type():
     with pytest.raises(DreamboothError, match="model type"):
         recommend(8, 5, "v3")
+
+
+@pytest.mark.parametrize("vram,images,model_type,bnb,xf,expected", TABLE)
+def test_the_proposal_passes_the_fused_backward_checks(vram, images, model_type, bnb, xf, expected):
+    """Applied over settings that had the text encoder's own clip norm on, the Wizard's proposal trains."""
+    from dreambooth.config import TrainConfig
+    from dreambooth.train.fused_backward import check_fused_backward
+
+    changes, _ = recommend(vram, images, model_type, bnb, xf)
+    cfg = TrainConfig({"tenc_grad_clip_norm": 1.0})
+    for key, value in changes.items():
+        cfg.set(key, value)
+    if cfg.fused_backward_pass:
+        check_fused_backward(cfg, 1, cfg.mixed_precision)

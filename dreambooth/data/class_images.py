@@ -6,7 +6,8 @@ generates none. Missing image number i is made for the instance image it will be
 (I_{i mod n}, see `dataset`): at that instance's bucket size, with the class prompt whose `[filewords]`
 are the instance's words without the instance token. Each PNG gets a `.txt` holding those words (the whole
 prompt for the default class prompt `[filewords]`), so the class caption at training time is the
-generation prompt again. Generation uses the model being trained, batched by `sample_batch_size`.
+generation prompt again. Generation uses the model being trained, batched by `sample_batch_size`; a class
+prompt over 75 tokens is encoded in the previews' long-prompt windows (max_token_length, strict_tokens).
 """
 from __future__ import annotations
 
@@ -84,10 +85,12 @@ def plan_class_images(concepts: list[Concept], items: list[TrainItem], model,
 def generate_class_images(jobs: list[ClassJob], pipeline, concepts: list[Concept], batch_size: int, seed: int,
                           clip_skip: int | None, log: Callable[[str], None],
                           canceled: Callable[[], bool] = lambda: False,
-                          progress: Callable[[str], None] | None = None) -> int:
+                          progress: Callable[[str], None] | None = None, long_prompts=None) -> int:
     """Render the jobs in batches of `batch_size` (one size and concept per batch); returns how many were
     written. Image number i of a concept uses seed `seed + i`. `progress` hears "class images i-j of n,
-    step k of m"."""
+    step k of m". `long_prompts` (sampling.long_prompt_embeddings, as for previews) encodes the class prompts
+    in long-prompt windows, for max_token_length over 75 or strict tokens; without it the pipeline encodes
+    them in CLIP's one 77-token window."""
     import torch
 
     from ..model.sampling import step_reporter
@@ -107,12 +110,16 @@ def generate_class_images(jobs: list[ClassJob], pipeline, concepts: list[Concept
             where = f"class image {done + 1}" + (f"-{done + len(chunk)}" if len(chunk) > 1 else "") + f" of {len(jobs)}"
             if progress is not None:
                 progress(where)
-            images = pipeline([job.prompt for job in chunk],
-                              negative_prompt=[negative] * len(chunk) if negative else None,
-                              num_inference_steps=concept.class_infer_steps,
+            prompts = [job.prompt for job in chunk]
+            if long_prompts is not None:
+                embeddings, negatives = long_prompts(prompts, negative)
+                text = dict(prompt_embeds=embeddings, negative_prompt_embeds=negatives)
+            else:
+                text = dict(prompt=prompts, negative_prompt=[negative] * len(chunk) if negative else None,
+                            clip_skip=clip_skip)
+            images = pipeline(**text, num_inference_steps=concept.class_infer_steps,
                               guidance_scale=concept.class_guidance_scale, height=height, width=width,
                               generator=[torch.Generator("cpu").manual_seed(seed + job.number) for job in chunk],
-                              clip_skip=clip_skip,
                               callback_on_step_end=step_reporter(progress, where, concept.class_infer_steps)).images
             for job, image in zip(chunk, images):
                 job.path.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def prepare_training_set(inputs: PreparationInputs, concepts: list[Concept], pai
 
 
 def _generate(inputs: PreparationInputs, concepts: list[Concept], jobs) -> None:
-    from ..model.sampling import build_pipeline
+    from ..model.sampling import build_pipeline, long_prompt_embeddings
     from ..model.text import pipeline_clip_skip
 
     cfg, models = inputs.cfg, inputs.models
@@ -73,8 +73,10 @@ def _generate(inputs: PreparationInputs, concepts: list[Concept], jobs) -> None:
                f"(batch {cfg.sample_batch_size})")
     pipeline = build_pipeline(models.unet, models.vae, models.text_encoder, models.tokenizer,
                               models.scheduler_config, cfg.scheduler)
-    with inputs.autocast():
+    with inputs.autocast():  # class prompts over 75 tokens in long-prompt windows, as the previews encode them
+        long_prompts = long_prompt_embeddings(prompt_layout(models.tokenizer, cfg), models.text_encoder,
+                                              cfg.clip_skip, inputs.device)
         generate_class_images(jobs, pipeline, concepts, cfg.sample_batch_size, inputs.class_image_seed,
                               pipeline_clip_skip(cfg.clip_skip), inputs.log, canceled=inputs.canceled,
-                              progress=inputs.progress)
+                              progress=inputs.progress, long_prompts=long_prompts)
     inputs.set_state("preparing")

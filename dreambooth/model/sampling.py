@@ -96,20 +96,23 @@ def step_reporter(progress: Callable[[str], None] | None, prefix: str, steps: in
 
 def long_prompt_embeddings(layout, text_encoder, clip_skip: int, device):
     """A function (prompt, negative) -> (embeddings, negative embeddings) in long-prompt windows, both with the
-    windows the longer of the two needs (as the WebUI pads its prompt and negative prompt). None when the
-    layout is CLIP's plain 75 tokens: the pipeline encodes those itself."""
+    windows the longest of them needs (as the WebUI pads its prompt and negative prompt). `prompt` and
+    `negative` may also be lists, one row each (a batch, as for class images); a single negative string then
+    serves every prompt. None when the layout is CLIP's plain 75 tokens: the pipeline encodes those itself."""
     if layout is None or layout.paired or (layout.max_tokens <= CHUNK and not layout.strict):
         return None
     import torch
 
     from .text import encode_text
 
-    def encode(prompt: str, negative: str):
-        ids, used = layout.tokenize([prompt, negative])
+    def encode(prompt: str | list[str], negative: str | list[str]):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+        ids, used = layout.tokenize(prompts + negatives)
         windows = -(-max(used) // WINDOW)
         with torch.no_grad():
             embeddings = encode_text(text_encoder, ids[:, :windows * WINDOW].to(device), clip_skip)
-        return embeddings[:1], embeddings[1:]
+        return embeddings[:len(prompts)], embeddings[len(prompts):]
     return encode
 
 

@@ -10,8 +10,11 @@ What it cannot do, checked before training starts (`check_fused_backward`):
 - gradient accumulation: the summed gradient of several micro-batches would have to be kept;
 - several processes: data-parallel averaging of a gradient happens after its hook has run;
 - fp16 mixed precision: the loss scaler unscales and checks all gradients together;
-- optimizers that adapt the learning rate from statistics over all parameters (Prodigy, D-Adaptation).
-`max_grad_norm` clips each tensor on its own, since the global norm is known only when the pass ends.
+- optimizers that adapt the learning rate from statistics over all parameters (Prodigy, D-Adaptation);
+- the text encoder's own gradient norm (tenc_grad_clip_norm) while it trains: that norm is over all of its
+  gradients together, which never exist at once here.
+`max_grad_norm` clips each tensor on its own, since the global norm is known only when the pass ends; it does
+so for the text encoder's tensors too.
 """
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ def check_fused_backward(cfg, num_processes: int, mixed_precision: str) -> None:
     if mixed_precision == "fp16":
         refuse("mixed_precision is fp16, whose loss scaler needs every gradient at once: use bf16 (RTX 30xx "
                "and newer) or no, or turn fused_backward_pass off", "mixed_precision")
+    if cfg.tenc_grad_clip_norm > 0 and cfg.stop_text_encoder > 0:
+        refuse(f"tenc_grad_clip_norm = {cfg.tenc_grad_clip_norm:g} while the text encoder trains (stop_text_encoder "
+               f"= {cfg.stop_text_encoder:g}): the text encoder's gradient norm is over all its gradients together, "
+               "which never exist at once when each tensor is stepped inside the backward pass. Set "
+               "tenc_grad_clip_norm to 0 (max_grad_norm then clips each text encoder tensor on its own, as it "
+               "does the UNet's), or turn fused_backward_pass off", "tenc_grad_clip_norm")
     if cfg.optimizer not in FUSABLE_OPTIMIZERS:
         refuse(f"optimizer {cfg.optimizer} adapts its step from all parameters together: choose one of "
                f"{', '.join(FUSABLE_OPTIMIZERS)}, or turn fused_backward_pass off", "optimizer")
