@@ -114,7 +114,8 @@ def worker_breakdown(spec: dict) -> dict:
     components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler_config": scheduler_config}
     images = sorted(Path(spec["images"]).glob("*.png"))
     return measure_breakdown(components, tokenizer, images, PROMPT, batch=spec["batch"], lr=spec["lr"],
-                             resolution=spec["resolution"], gradient_checkpointing=spec["gradient_checkpointing"])
+                             resolution=spec["resolution"], gradient_checkpointing=spec["gradient_checkpointing"],
+                             repeats=spec.get("breakdown_repeats", 3))
 
 
 def _trainer_config(spec: dict):
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--breakdown", action="store_true",
                         help="also time each part of the reference's step (data, VAE encode, text encode, UNet step) "
                              "and report the caching ceiling: the most caching the encodes can gain")
+    parser.add_argument("--breakdown-repeats", type=int, default=3,
+                        help="timed repeats of each part for --breakdown, after one warm-up (default 3)")
     parser.add_argument("--scaling", action="store_true", help="also time the trainer at 8, 64 and 512 images")
     parser.add_argument("--lora", action="store_true",
                         help="also compare the trainer's LoRA run (use_lora) with its full fine-tune, in pairs")
@@ -382,7 +385,7 @@ def _run(args, root: Path, log) -> int:
               "load_avg": [round(load_before[0], 2), round(load_after[0], 2)], "cpu_count": os.cpu_count(),
               "versions": _versions()}
     if args.breakdown:
-        record["breakdown"] = _breakdown(base, log)
+        record["breakdown"] = _breakdown(args, base, log)
     if args.scaling:
         record["scaling"] = _scaling(args, root, base, log)
     if args.lora:
@@ -394,10 +397,10 @@ def _run(args, root: Path, log) -> int:
     return 0
 
 
-def _breakdown(base: dict, log) -> dict:
+def _breakdown(args, base: dict, log) -> dict:
     from .bench_breakdown import describe
 
-    breakdown = run_worker(dict(base, kind="breakdown"))
+    breakdown = run_worker(dict(base, kind="breakdown", breakdown_repeats=args.breakdown_repeats))
     log("")
     for line in describe(breakdown):
         log(line)
