@@ -86,6 +86,14 @@ class TrainControl:
         if self._on_log is not None:
             self._on_log(message)
 
+    def pause(self, seconds: float) -> None:
+        """The loop's pause between epochs: wait, saying the time left each second; Cancel ends it early."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.update(detail=f"{left:.0f} s left")
+            if self.cancel_requested.wait(min(1.0, left)):
+                return
+
     def snapshot(self) -> TrainStatus:
         with self._lock:
             return TrainStatus(**{k: (list(v) if isinstance(v, list) else v)

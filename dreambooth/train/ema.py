@@ -37,6 +37,17 @@ def resolve_update_every(requested: int, on_cpu: bool, device) -> int:
     return CPU_UPDATE_EVERY if off_device else 1
 
 
+def start_ema(cfg, unet, device, log) -> EMA | None:
+    """The run's EMA of the UNet when use_ema asks for one."""
+    if not cfg.use_ema:
+        return None
+    every = resolve_update_every(cfg.ema_update_every, cfg.ema_on_cpu, device)
+    ema = EMA(unet, cfg.ema_decay, cfg.ema_on_cpu, every)
+    log(f"EMA of the UNet: decay up to {cfg.ema_decay:g} with warm-up, updated every {every} step(s)"
+        + (", kept in RAM" if cfg.ema_on_cpu else ""))
+    return ema
+
+
 class EMA:
     def __init__(self, module, decay: float, on_cpu: bool = False, update_every: int = 1):
         import torch

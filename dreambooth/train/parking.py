@@ -52,6 +52,11 @@ class FrozenParking:
             self.log(f"{' and '.join(moved['disk'])} parked on disk after caching (training on the CPU: their "
                      "weights come back for previews and saves)")
 
+    def park_frozen(self, vae, text_encoder, latents_cached: bool, text_cached: bool, force: bool | None) -> None:
+        """After caching: the VAE when the latents are cached, the text encoder when its outputs are."""
+        self.park([("VAE", vae, parking_place(self.device, latents_cached, force)),
+                   ("text encoder", text_encoder, parking_place(self.device, text_cached, force))])
+
     def _to_disk(self, name: str, module) -> bool:
         from safetensors.torch import save_file
 

@@ -54,6 +54,41 @@ class PreviewInputs:
     progress: Callable[[str], None] = lambda text: None  # "image i of n, step k of m" (the status line)
 
 
+def first_captions(items) -> dict[int, str]:
+    """Each concept's first caption: the default sample prompt of its previews."""
+    captions = {}
+    for item in items:
+        captions.setdefault(item.concept, item.caption)
+    return captions
+
+
+class WrittenAt:
+    """What was saved at one revision, so that nothing is written twice there: a Cancel right after an
+    epoch's save (the same step) must not write the same checkpoint and snapshot again. The same on every
+    process (only the main one writes), so all of them skip the same saves."""
+
+    def __init__(self):
+        self.revision, self.kinds = -1, set()
+
+    def _done(self, revision: int) -> set[str]:
+        return self.kinds if self.revision == revision else set()
+
+    def wanted(self, revision: int, cfg: TrainConfig, reason: str,
+               requested: dict | None) -> tuple[bool, bool] | None:
+        """(checkpoint, snapshot) a save for `reason` ("during", "after", "cancel") writes at `revision`;
+        None when all of it was written there already. `requested` (Generate Ckpt) always gets its checkpoint."""
+        done = self._done(revision)
+        want_ckpt = requested is not None or (getattr(cfg, f"save_ckpt_{reason}") and "checkpoint" not in done)
+        want_state = getattr(cfg, f"save_state_{reason}") and "snapshot" not in done
+        if done and not (want_ckpt or want_state):
+            return None
+        return want_ckpt, want_state
+
+    def record(self, revision: int, checkpoint: bool, snapshot: bool) -> None:
+        saved = {name for name, wanted in (("checkpoint", checkpoint), ("snapshot", snapshot)) if wanted}
+        self.revision, self.kinds = revision, self._done(revision) | saved | {"working"}
+
+
 def save_training_state(state: SaveInputs, want_checkpoint: bool, want_snapshot: bool) -> tuple[Path | None, Path | None]:
     """Update working/ with the trained weights, then write the checkpoint and snapshot asked for.
 

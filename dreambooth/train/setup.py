@@ -1,4 +1,5 @@
-"""Everything a run needs before the first step: device and precision, models, data, optimizer, schedule."""
+"""Everything a run needs before the first step (device and precision, models, data, optimizer, schedule), and
+what of it trains from step to step (the text encoder trains only for its first epochs)."""
 from __future__ import annotations
 
 import random
@@ -114,6 +115,36 @@ def load_models(model: ModelDir, device, cfg: TrainConfig) -> Models:
     return Models(unet, vae, text_encoder, tokenizer, dict(scheduler_config), attention)
 
 
+def load_training_models(model: ModelDir, device, cfg: TrainConfig, mixed_precision: str,
+                         log: Callable[[str], None]) -> tuple[Models, bool, list[str]]:
+    """(models, UNet held in bf16, frozen modules cast to the compute dtype): the models as this run trains them."""
+    from .full_precision import hold_in_bf16
+    from .param_groups import freeze_unet
+
+    models = load_models(model, device, cfg)
+    if not cfg.train_unet:
+        freeze_unet(models.unet)
+    full_precision = hold_in_bf16(models.unet, cfg.full_mixed_precision, mixed_precision, log)
+    cast = cast_frozen(models, mixed_precision, text_encoder_frozen=cfg.stop_text_encoder <= 0)
+    if cast:
+        log(f"frozen {' and '.join(cast)} in {mixed_precision} (they never train)")
+    return models, full_precision, cast
+
+
+def prepare_training_data(cfg: TrainConfig, model: ModelDir, models: Models, accelerator, control, concepts, pairs,
+                          class_image_seed: int, log: Callable[[str], None], progress: Callable[[str], None]):
+    """Buckets, class images (generated when missing), bucket report, latent and text caches: the training
+    set, prepared by the main process where only one may write, and canceled by the control's Cancel."""
+    from ..data.prepare import PreparationInputs, prepare_training_set
+
+    preparation = PreparationInputs(
+        cfg=cfg, model=model, models=models, device=accelerator.device, class_image_seed=class_image_seed,
+        is_main_process=accelerator.is_main_process, wait_for_everyone=accelerator.wait_for_everyone,
+        autocast=accelerator.autocast, log=log, set_state=lambda state: control.update(state=state, detail=""),
+        canceled=control.cancel_requested.is_set, progress=progress)
+    return prepare_training_set(preparation, concepts, pairs)
+
+
 def select_sdxl_text_encoders(text_encoder, cfg: TrainConfig) -> None:
     from ..errors import DreamboothError
 
@@ -157,6 +188,22 @@ def text_encoder_epochs(stop_ratio: float, epochs: int) -> int:
     return max(1, round(epochs * stop_ratio))
 
 
+def stop_text_encoder_training(models: Models, lora, training_set, clip_skip: int) -> None:
+    """The text encoder's epochs are over: it freezes (its LoRA adapters too) and its outputs are cached."""
+    set_text_encoder_trainable(models.text_encoder, False, False)
+    if lora is not None:
+        lora.stop_text_training()
+    training_set.cache_text(models.text_encoder, clip_skip)  # its outputs are fixed now
+
+
+def trained_parameter_lists(unet, text_encoder, lora, text_encoder_training: bool) -> tuple[list, list]:
+    """(UNet, text encoder) parameters being trained: under LoRA the adapters only, never the frozen base."""
+    if lora is not None:
+        return lora.trained_parameters(text_encoder_training)
+    return ([p for p in unet.parameters() if p.requires_grad],
+            [p for p in text_encoder.parameters() if p.requires_grad] if text_encoder_training else [])
+
+
 def set_text_encoder_trainable(text_encoder, trainable: bool, checkpointing: bool) -> None:
     text_encoder.requires_grad_(trainable)
     text_encoder.train(trainable)
@@ -165,3 +212,59 @@ def set_text_encoder_trainable(text_encoder, trainable: bool, checkpointing: boo
             param.grad = None
     if trainable and checkpointing:
         text_encoder.gradient_checkpointing_enable()
+
+
+def run_learning_rates(cfg: TrainConfig, processes: int, log: Callable[[str], None]) -> list[float]:
+    """[UNet, text encoder] learning rates this run trains at; says what scale_lr made of them."""
+    from .schedulers import learning_rate_factor, learning_rates
+
+    rates = learning_rates(cfg, processes)
+    if cfg.scale_lr:
+        log(f"scale_lr: learning rates × {learning_rate_factor(cfg, processes)} (batch {cfg.train_batch_size} × "
+            f"accumulation {cfg.gradient_accumulation_steps} × {processes} process(es)): {rates[0]:g}, text encoder "
+            f"{rates[1]:g}")
+    return rates
+
+
+def build_training_optimizer(cfg: TrainConfig, models: Models, lora, learning_rates: list[float],
+                             text_encoder_training: bool):
+    """The optimizer over what trains: the LoRA adapters, or the UNet and (while it trains) the text encoder."""
+    from .optimizers import build_optimizer
+    from .param_groups import freeze_clip_norms, optimizer_groups
+
+    if lora is not None:
+        groups = lora.param_groups(learning_rates)
+    else:
+        if text_encoder_training:
+            set_text_encoder_trainable(models.text_encoder, True, cfg.gradient_checkpointing)
+            if cfg.freeze_clip_normalization:
+                freeze_clip_norms(models.text_encoder)
+        groups = optimizer_groups(cfg, models.unet, models.text_encoder, learning_rates, text_encoder_training)
+    return build_optimizer(cfg.optimizer, groups, cfg.weight_decay)
+
+
+def start_fused_backward(cfg: TrainConfig, optimizer, log: Callable[[str], None]):
+    """fused_backward_pass: the optimizer steps each weight during the backward pass (None when off)."""
+    if not cfg.fused_backward_pass:
+        return None
+    from .fused_backward import FusedBackward
+
+    fused = FusedBackward(optimizer, cfg.max_grad_norm)
+    log("fused backward pass: each weight is stepped and its gradient freed during the backward pass"
+        + (f" (max_grad_norm {cfg.max_grad_norm:g} clips each tensor)" if cfg.max_grad_norm > 0 else ""))
+    return fused
+
+
+def prepare_trained(accelerator, models: Models, lora, optimizer, text_encoder_training: bool) -> tuple:
+    """(unet, text_encoder, optimizer) as accelerate prepares them: only what trains is wrapped, so that
+    under data parallelism its gradients are the ones averaged across processes (the adapters under LoRA)."""
+    if lora is not None:
+        from .lora import AdaptedUNet
+
+        unet, optimizer = accelerator.prepare(AdaptedUNet(models.unet, lora.network), optimizer)
+        return unet, models.text_encoder, optimizer
+    if text_encoder_training:
+        unet, text_encoder, optimizer = accelerator.prepare(models.unet, models.text_encoder, optimizer)
+        return unet, text_encoder, optimizer
+    unet, optimizer = accelerator.prepare(models.unet, optimizer)
+    return unet, models.text_encoder, optimizer

@@ -12,6 +12,15 @@ from __future__ import annotations
 WARM_UP_ITERATIONS = 100  # power iterations for each weight's first estimate
 
 
+def start_spectral_freeze(cfg, unet, log) -> SpectralNormFreeze | None:
+    """freeze_spectral_norm's projection when it is on and the UNet trains (None otherwise)."""
+    if not (cfg.freeze_spectral_norm and cfg.train_unet):
+        return None
+    spectral = SpectralNormFreeze(unet)
+    log(f"freeze_spectral_norm: {len(spectral)} UNet weights keep their spectral norm")
+    return spectral
+
+
 class SpectralNormFreeze:
     def __init__(self, module):
         import torch

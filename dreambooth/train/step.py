@@ -1,6 +1,8 @@
-"""The loss of one micro-batch: conditioning, noise, target, prediction and the weighted Dreambooth loss."""
+"""The gradients of one optimizer step: each micro-batch's conditioning, noise, target, prediction and weighted
+Dreambooth loss, and their backward pass."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ..model.text import encode_prompts
@@ -24,6 +26,16 @@ class StepInputs:
     split_loss: bool = True
     input_perturbation: bool = False
     dream: float | None = None    # DREAM's detail preservation, None when off
+
+
+def step_inputs_from(cfg, training_set, unet, text_encoder, frozen_text_encoder, noise_scheduler,
+                     generator) -> StepInputs:
+    """The step's settings from the config; prior_loss_weight is set again at every step (prior_schedule)."""
+    return StepInputs(
+        training_set=training_set, unet=unet, text_encoder=text_encoder, frozen_text_encoder=frozen_text_encoder,
+        noise_scheduler=noise_scheduler, generator=generator, clip_skip=cfg.clip_skip, offset_noise=cfg.offset_noise,
+        min_snr_gamma=cfg.min_snr_gamma, prior_loss_weight=cfg.prior_loss_weight, split_loss=cfg.split_loss,
+        input_perturbation=cfg.input_pertubation, dream=cfg.dream_detail_preservation if cfg.use_dream else None)
 
 
 def conditioning(inputs: StepInputs, batch, text_encoder_training: bool):
@@ -61,3 +73,25 @@ def micro_batch_loss(inputs: StepInputs, indices: list[int], text_encoder_traini
     prediction = inputs.unet(noisy, timesteps, embeddings, **added).sample
     weights = min_snr_weights(scheduler, timesteps, inputs.min_snr_gamma) if inputs.min_snr_gamma > 0 else None
     return dreambooth_loss(prediction, target, batch.prior, inputs.prior_loss_weight, weights, inputs.split_loss)
+
+
+def accumulate_gradients(accelerator, inputs: StepInputs, group: list[list[int]], text_encoder_training: bool):
+    """Forward and backward over one optimizer step's micro-batches (gradient accumulation); returns the
+    step's (loss, prior part, instance part), still on the device (reading them would wait for it)."""
+    total_loss = total_prior = total_instance = 0.0
+    for index, indices in enumerate(group):
+        last = index == len(group) - 1
+        # under data parallelism gradients are averaged across processes only at the group's last backward
+        sync = accelerator.no_sync(inputs.unet) if not last and accelerator.num_processes > 1 \
+            else contextlib.nullcontext()
+        with sync:
+            # Backward outside autocast (as torch advises): autocast keeps a low-precision copy of every
+            # weight it casts until its region ends, 1.7 GB at SD1.5 if the region spanned the backward.
+            with accelerator.autocast():
+                loss, instance_part, prior_part = micro_batch_loss(inputs, indices, text_encoder_training)
+                loss = loss / len(group)
+            accelerator.backward(loss)
+        total_loss = total_loss + loss.detach()
+        total_prior = total_prior + prior_part.detach() / len(group)
+        total_instance = total_instance + instance_part.detach() / len(group)
+    return total_loss, total_prior, total_instance
