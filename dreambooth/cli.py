@@ -210,11 +210,10 @@ def cmd_ckpt(args) -> int:
 
 
 def cmd_samples(args) -> int:
-    from .config import apply_assignments, load_config
-    from .service.operations import generate_samples
-    from .store import model_dir
+    from .config import apply_assignments
+    from .service.operations import generate_samples, load_params
 
-    cfg, _ = load_config(model_dir(args.name).require().config_file)
+    cfg, _ = load_params(args.name)
     apply_assignments(cfg, args.set)
     for path in generate_samples(args.name, cfg):
         print(path)

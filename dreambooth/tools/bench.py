@@ -86,8 +86,8 @@ def _device_type() -> str:
 # --------------------------------------------------------------------------------------------------
 # workers
 # --------------------------------------------------------------------------------------------------
-def worker_reference(spec: dict) -> dict:
-    from .bench_reference import run_reference
+def _reference_inputs(spec: dict):
+    """(components, tokenizer, image paths) the reference loop and its breakdown start from, seeded."""
     from ..convert.diffusers_io import load_components
 
     import torch
@@ -95,7 +95,13 @@ def worker_reference(spec: dict) -> dict:
     torch.manual_seed(spec["seed"])
     unet, vae, text_encoder, tokenizer, scheduler_config = load_components(Path(spec["model"]) / "working")
     components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler_config": scheduler_config}
-    images = sorted(Path(spec["images"]).glob("*.png"))
+    return components, tokenizer, sorted(Path(spec["images"]).glob("*.png"))
+
+
+def worker_reference(spec: dict) -> dict:
+    from .bench_reference import run_reference
+
+    components, tokenizer, images = _reference_inputs(spec)
     clock = StepClock(spec["warmup"], spec["steps"], _device_type())
     run_reference(components, tokenizer, images, PROMPT, steps=spec["steps"], batch=spec["batch"], lr=spec["lr"],
                   resolution=spec["resolution"], seed=spec["seed"], on_step=clock,
@@ -105,14 +111,8 @@ def worker_reference(spec: dict) -> dict:
 
 def worker_breakdown(spec: dict) -> dict:
     from .bench_breakdown import measure_breakdown
-    from ..convert.diffusers_io import load_components
 
-    import torch
-
-    torch.manual_seed(spec["seed"])
-    unet, vae, text_encoder, tokenizer, scheduler_config = load_components(Path(spec["model"]) / "working")
-    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler_config": scheduler_config}
-    images = sorted(Path(spec["images"]).glob("*.png"))
+    components, tokenizer, images = _reference_inputs(spec)
     return measure_breakdown(components, tokenizer, images, PROMPT, batch=spec["batch"], lr=spec["lr"],
                              resolution=spec["resolution"], gradient_checkpointing=spec["gradient_checkpointing"],
                              repeats=spec.get("breakdown_repeats", 3))

@@ -109,7 +109,7 @@ def measure_breakdown(components: dict, tokenizer, image_paths: list[Path], prom
 def describe(breakdown: dict) -> list[str]:
     """The lines the benchmark prints."""
     b = breakdown
-    return [f"the reference's step, part by part (median of {b.get('repeats', 3)}): data {b['data_s'] * 1000:.0f} ms, "
+    return [f"the reference's step, part by part (median of {b['repeats']}): data {b['data_s'] * 1000:.0f} ms, "
             f"VAE encode {b['vae_encode_s'] * 1000:.0f} ms, text encode {b['text_encode_s'] * 1000:.0f} ms, "
             f"UNet forward+backward+AdamW {b['unet_step_s'] * 1000:.0f} ms "
             f"({b['attention_share'] * 100:.0f}% of it attention)",
